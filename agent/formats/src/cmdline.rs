@@ -1,0 +1,65 @@
+//! The `basalt.*` parameters of the kernel command line.
+//!
+//! The boot loader entry of each slot passes `basalt.slot=a` or `basalt.slot=b`;
+//! the initrd uses it to pick the root partition.
+
+use crate::slot::Slot;
+
+/// What the initrd and agent read from `/proc/cmdline`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KernelCmdline {
+    /// `basalt.slot=`: the slot this boot belongs to.
+    pub slot: Option<Slot>,
+    /// `basalt.init=`: the init to execute in the new root (default `/sbin/init`).
+    pub init: Option<String>,
+    /// `basalt.shell`: drop to an emergency shell in the initrd instead of switching root.
+    pub debug: bool,
+    /// Problems found while parsing, reported by the caller (never fatal).
+    pub warnings: Vec<String>,
+}
+
+impl KernelCmdline {
+    pub fn parse(text: &str) -> Self {
+        let mut out = KernelCmdline::default();
+        for word in text.split_ascii_whitespace() {
+            let (key, value) = match word.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (word, None),
+            };
+            match (key, value) {
+                ("basalt.slot", Some(v)) => match v.parse() {
+                    Ok(s) => out.slot = Some(s),
+                    Err(e) => out.warnings.push(format!("basalt.slot: {e}")),
+                },
+                ("basalt.init", Some(v)) => out.init = Some(v.to_string()),
+                ("basalt.debug", None) => out.debug = true,
+                (k, _) if k.starts_with("basalt.") => {
+                    out.warnings.push(format!("unknown kernel parameter {word:?}"))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_slot_and_ignores_others() {
+        let c = KernelCmdline::parse("console=ttyS0 basalt.slot=b quiet\n");
+        assert_eq!(c.slot, Some(Slot::B));
+        assert!(c.warnings.is_empty());
+        assert!(!c.debug);
+    }
+
+    #[test]
+    fn bad_values_are_warnings() {
+        let c = KernelCmdline::parse("basalt.slot=c basalt.colour=red basalt.debug");
+        assert_eq!(c.slot, None);
+        assert_eq!(c.warnings.len(), 2);
+        assert!(c.debug);
+    }
+}

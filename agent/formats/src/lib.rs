@@ -1,0 +1,23 @@
+//! The formats that basalt's builder (`basalt`) and device agent
+//! (`basalt-agent`) both speak.
+//!
+//! Everything here is parsing and validation: no file, device or network
+//! access. What a user writes (`*File` types, straight from serde) is kept
+//! apart from the checked object the rest of the code works with.
+
+pub mod board;
+pub mod boot;
+pub mod cmdline;
+pub mod initrd;
+pub mod layout;
+pub mod record;
+pub mod release;
+pub mod size;
+pub mod slot;
+pub mod spec;
+pub mod yaml;
+
+pub use board::{Arch, Board, BoardId};
+pub use size::ByteSize;
+pub use slot::Slot;
+pub use spec::ImageSpec;

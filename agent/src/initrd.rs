@@ -1,0 +1,271 @@
+//! `basalt-agent` as PID 1 of the initrd.
+//!
+//! 1. mount `/proc`, `/sys`, `/dev`, `/run`;
+//! 2. load the kernel modules the builder listed, in order;
+//! 3. find the boot disk and this slot's root partition;
+//! 4. mount the root read-only at `/sysroot`;
+//! 5. grow the data partition to fill the disk (first boot on a bigger disk),
+//!    mount it at `/sysroot/data`, grow its ext4 online;
+//! 6. lay a persistent overlay over `/etc`, bind `/var` and `/home` from data;
+//! 7. `switch_root` into systemd.
+//!
+//! A failure that leaves no root to switch to is reported on the console and
+//! the machine reboots after a pause, so that the boot loader's counter can
+//! fall back to the other slot.
+
+use crate::disk::{self, SysRoots};
+use crate::{kerr, kinfo, knotice, kwarn};
+use basalt_formats::boot::{BootInfo, BOOT_INFO_PATH};
+use basalt_formats::cmdline::KernelCmdline;
+use basalt_formats::initrd::{InitrdConfig, INITRD_CONFIG_PATH};
+use nix::mount::{mount, MsFlags};
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const SYSROOT: &str = "/sysroot";
+const DATA: &str = "/sysroot/data";
+/// How long to wait for the boot disk to appear.
+const DISK_WAIT: Duration = Duration::from_secs(60);
+
+/// True when this process is PID 1 started as `/init` by the kernel.
+pub fn is_initrd_pid1() -> bool {
+    std::process::id() == 1 && std::env::args().next().is_some_and(|a| a == "/init" || a.ends_with("/init"))
+}
+
+/// Runs the initrd. Never returns: it either executes the real init or reboots.
+pub fn main() -> ! {
+    let err = match run() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    kerr!("boot failed: {err:#}");
+    kerr!("rebooting in 10 s; the boot loader will count this as a failed try");
+    std::thread::sleep(Duration::from_secs(10));
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+enum Never {}
+
+fn run() -> anyhow::Result<Never> {
+    use anyhow::Context;
+    mount_api_filesystems()?;
+    let cmdline = KernelCmdline::parse(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    for w in &cmdline.warnings {
+        kwarn!("kernel command line: {w}");
+    }
+    let config: InitrdConfig = serde_json::from_str(
+        &fs::read_to_string(INITRD_CONFIG_PATH).with_context(|| format!("reading {INITRD_CONFIG_PATH}"))?,
+    )
+    .with_context(|| format!("parsing {INITRD_CONFIG_PATH}"))?;
+    let slot = cmdline
+        .slot
+        .context("the kernel command line has no basalt.slot=a|b; the boot loader entry is broken")?;
+    knotice!(
+        "{} on {} (kernel {}), booting slot {slot}",
+        config.version,
+        config.board,
+        config.kernel_version
+    );
+
+    load_modules(&config.modules);
+
+    let efivars = Path::new("/sys/firmware/efi/efivars");
+    if efivars.is_dir() {
+        if let Err(e) = mount(Some("efivarfs"), efivars, Some("efivarfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>) {
+            kwarn!("mounting efivarfs: {e}");
+        }
+    }
+    let loader_esp = disk::loader_device_part_uuid(efivars);
+    if let Some(g) = loader_esp {
+        kinfo!("boot loader ESP: {g}");
+    }
+
+    let roots = SysRoots::default();
+    let started = Instant::now();
+    let boot = loop {
+        let disks = disk::scan_disks(&roots);
+        match disk::choose_boot_disk(&disks, slot, loader_esp) {
+            Ok(b) if b.root.dev_path.is_some() && b.data.dev_path.is_some() => break b,
+            Ok(_) | Err(_) if started.elapsed() < DISK_WAIT => std::thread::sleep(Duration::from_millis(100)),
+            Ok(b) => anyhow::bail!(disk::DiskError::NoNode { label: b.root.label, disk: b.disk.name }),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let root_dev = boot.root.dev_path.clone().expect("checked above");
+    let data_dev = boot.data.dev_path.clone().expect("checked above");
+    kinfo!(
+        "disk {}: root {} ({}), data {}",
+        boot.disk.dev_path.display(),
+        root_dev.display(),
+        boot.root.label,
+        data_dev.display()
+    );
+
+    mkdir(SYSROOT)?;
+    mount(
+        Some(&root_dev),
+        SYSROOT,
+        Some(config.rootfs_type.kernel_name()),
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting {} ({}) read-only on {SYSROOT}", root_dev.display(), config.rootfs_type))?;
+
+    let grown = match disk::grow_data_partition(&boot.disk, &boot.data) {
+        Ok(g) => g,
+        Err(e) => {
+            // Not fatal: the device runs, with the data partition at its old size.
+            kwarn!("could not grow the data partition: {e}");
+            None
+        }
+    };
+    if let Some(g) = &grown {
+        knotice!("data partition grown from {} to {} bytes", g.from_bytes, g.to_bytes);
+    }
+    mount(Some(&data_dev), DATA, Some("ext4"), MsFlags::MS_NOATIME | MsFlags::MS_NODEV, None::<&str>)
+        .with_context(|| format!("mounting the data partition {} on {DATA}", data_dev.display()))?;
+    let part_bytes = match &grown {
+        Some(g) => g.to_bytes,
+        None => (boot.data.last_lba + 1 - boot.data.first_lba) * 512,
+    };
+    match disk::grow_ext4(Path::new(DATA), part_bytes) {
+        Ok(Some(blocks)) => knotice!("data file system grown to {blocks} blocks"),
+        Ok(None) => {}
+        Err(e) => kwarn!("could not grow the data file system: {e}"),
+    }
+
+    // Persistent /etc: the image's /etc below, the device's changes above.
+    for d in ["overlay/etc/upper", "overlay/etc/work", "var", "home"] {
+        mkdir(&format!("{DATA}/{d}"))?;
+    }
+    mount(
+        Some("overlay"),
+        "/sysroot/etc",
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some("lowerdir=/sysroot/etc,upperdir=/sysroot/data/overlay/etc/upper,workdir=/sysroot/data/overlay/etc/work"),
+    )
+    .context("mounting the /etc overlay")?;
+    for d in ["var", "home"] {
+        let src = format!("{DATA}/{d}");
+        let dst = format!("{SYSROOT}/{d}");
+        mount(Some(src.as_str()), dst.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .with_context(|| format!("binding {src} on {dst}"))?;
+    }
+
+    let info = BootInfo {
+        slot,
+        disk: boot.disk.dev_path.display().to_string(),
+        esp_device: boot.esp.dev_path.map(|p| p.display().to_string()).unwrap_or_default(),
+        root_device: root_dev.display().to_string(),
+        data_device: data_dev.display().to_string(),
+        data_grown: grown,
+        initrd_done_ms: uptime_ms(),
+    };
+    mkdir("/run/basalt")?;
+    fs::write(BOOT_INFO_PATH, serde_json::to_vec_pretty(&info)?).with_context(|| format!("writing {BOOT_INFO_PATH}"))?;
+
+    let init = cmdline.init.as_deref().unwrap_or("/sbin/init");
+    knotice!("switching root to {SYSROOT} after {} ms, starting {init}", info.initrd_done_ms);
+    switch_root(SYSROOT, init)
+}
+
+fn mkdir(path: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    fs::create_dir_all(path).with_context(|| format!("creating {path}"))
+}
+
+fn mount_api_filesystems() -> anyhow::Result<()> {
+    use anyhow::Context;
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for (src, dst, fstype, flags, data) in [
+        ("proc", "/proc", "proc", nosuid, None),
+        ("sysfs", "/sys", "sysfs", nosuid, None),
+        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
+        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
+    ] {
+        mkdir(dst)?;
+        match mount(Some(src), dst, Some(fstype), flags, data) {
+            Ok(()) => {}
+            // devtmpfs may already be mounted by the kernel (CONFIG_DEVTMPFS_MOUNT).
+            Err(nix::Error::EBUSY) => {}
+            Err(e) => return Err(e).with_context(|| format!("mounting {fstype} on {dst}")),
+        }
+    }
+    Ok(())
+}
+
+fn load_modules(modules: &[String]) {
+    let started = Instant::now();
+    let mut loaded = 0;
+    for m in modules {
+        let file = match fs::File::open(m) {
+            Ok(f) => f,
+            Err(e) => {
+                kwarn!("module {m}: {e}");
+                continue;
+            }
+        };
+        match nix::kmod::finit_module(&file, &CString::default(), nix::kmod::ModuleInitFlags::empty()) {
+            Ok(()) => loaded += 1,
+            Err(nix::Error::EEXIST) => {}
+            // No such hardware: normal for drivers of buses this machine lacks.
+            Err(nix::Error::ENODEV) => {}
+            Err(e) => kwarn!("module {m}: {e}"),
+        }
+    }
+    kinfo!("loaded {loaded} of {} modules in {} ms", modules.len(), started.elapsed().as_millis());
+}
+
+fn uptime_ms() -> u64 {
+    fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|s| (s * 1000.0) as u64)
+        .unwrap_or(0)
+}
+
+/// Moves the API file systems into `new_root`, frees the initramfs, makes
+/// `new_root` the root and executes `init` there as PID 1.
+fn switch_root(new_root: &str, init: &str) -> anyhow::Result<Never> {
+    use anyhow::Context;
+    for m in ["/dev", "/proc", "/sys", "/run"] {
+        let target = format!("{new_root}{m}");
+        mount(Some(m), target.as_str(), None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .with_context(|| format!("moving {m} to {target}"))?;
+    }
+    std::env::set_current_dir(new_root).with_context(|| format!("entering {new_root}"))?;
+    // The initramfs is RAM: empty it before leaving, staying on its own file system.
+    if let Ok(meta) = fs::metadata("/") {
+        delete_tree_on_device(Path::new("/"), meta.dev());
+    }
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).context("moving the new root onto /")?;
+    nix::unistd::chroot(".").context("chroot into the new root")?;
+    std::env::set_current_dir("/").context("chdir /")?;
+    let init_c = CString::new(init).context("init path")?;
+    let err = nix::unistd::execv(&init_c, &[&init_c]).unwrap_err();
+    anyhow::bail!("executing {init}: {err}")
+}
+
+fn delete_tree_on_device(dir: &Path, dev: u64) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let path: PathBuf = e.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+        if meta.dev() != dev {
+            continue;
+        }
+        if meta.is_dir() {
+            delete_tree_on_device(&path, dev);
+            let _ = fs::remove_dir(&path);
+        } else {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The basalt device agent.
+//!
+//! | module | what it does |
+//! | --- | --- |
+//! | [`initrd`] | PID 1 of the initrd: modules, partitions, mounts, `switch_root` |
+//! | [`disk`] | finding basalt's partitions on the block devices, growing the data partition |
+//! | [`service`] | `basalt-agent run`, the systemd service |
+//! | [`status`] | what the operator sees: `basalt-agent status` |
+//! | [`cli`] | the command line |
+
+pub mod cli;
+pub mod disk;
+pub mod initrd;
+pub mod kmsg;
+pub mod service;
+pub mod status;

@@ -1,0 +1,62 @@
+//! `basalt-agent run`: the systemd service (`Type=notify`, with watchdog).
+
+use crate::status;
+use log::{info, warn};
+use std::path::Path;
+use std::time::Duration;
+
+/// Sends logs to journald when started by systemd, to stderr otherwise.
+pub fn init_logging() {
+    if systemd_journal_logger::connected_to_journal() {
+        if let Ok(j) = systemd_journal_logger::JournalLog::new() {
+            let j = j.with_syslog_identifier("basalt-agent".to_string());
+            if j.install().is_ok() {
+                log::set_max_level(log::LevelFilter::Info);
+                return;
+            }
+        }
+    }
+    static STDERR: StderrLog = StderrLog;
+    if log::set_logger(&STDERR).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+}
+
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        eprintln!("basalt-agent: {}: {}", r.level().as_str().to_lowercase(), r.args());
+    }
+    fn flush(&self) {}
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let st = status::collect(Path::new("/"));
+    for e in &st.errors {
+        warn!("{e}");
+    }
+    if let Some(b) = &st.boot {
+        info!("booted slot {} from {} in {} ms to root", b.slot, b.disk, b.initrd_done_ms);
+        if let Some(g) = &b.data_grown {
+            info!("data partition grew from {} to {} bytes", g.from_bytes, g.to_bytes);
+        }
+    }
+    // The ready line goes to stdout, which the unit sends to the journal and the console.
+    println!("{}", st.ready_line());
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("running")]);
+
+    let mut usec = 0;
+    let interval = if sd_notify::watchdog_enabled(false, &mut usec) {
+        Duration::from_micros(usec / 2)
+    } else {
+        Duration::from_secs(30)
+    };
+    loop {
+        std::thread::sleep(interval);
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+    }
+}
