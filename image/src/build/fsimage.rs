@@ -1,0 +1,54 @@
+//! File system images made from directories in user space: the read-only
+//! root (squashfs or erofs) and the data partition (ext4).
+
+use crate::tools::{self, ToolError};
+use basalt_formats::spec::RootfsType;
+use std::path::Path;
+use std::process::Command;
+use uuid::Uuid;
+
+/// Makes the root file system image of `dir` at `out`.
+pub fn root_image(fs: RootfsType, dir: &Path, out: &Path, epoch: u64, uuid: Uuid) -> Result<(), ToolError> {
+    let _ = std::fs::remove_file(out);
+    let e = epoch.to_string();
+    match fs {
+        RootfsType::Squashfs => tools::run(
+            Command::new("mksquashfs")
+                .arg(dir)
+                .arg(out)
+                .args(["-noappend", "-comp", "zstd", "-b", "256K", "-no-progress", "-quiet"])
+                .args(["-mkfs-time", &e, "-all-time", &e]),
+        ),
+        RootfsType::Erofs => tools::run(
+            Command::new("mkfs.erofs")
+                .args(["-zlz4hc", "--quiet"])
+                .arg(format!("-T{e}"))
+                .arg(format!("-U{uuid}"))
+                .arg(out)
+                .arg(dir),
+        ),
+    }
+    .map(|_| ())
+}
+
+/// Makes an ext4 image of `size` bytes at `out` holding the tree `dir`.
+/// Block size is fixed at 4 KiB and room is reserved to grow online to 16 TiB.
+pub fn ext4_image(dir: &Path, out: &Path, size: u64, label: &str, epoch: u64, uuid: Uuid) -> Result<(), ToolError> {
+    let _ = std::fs::remove_file(out);
+    let blocks = size / 4096;
+    tools::run(
+        Command::new("mkfs.ext4")
+            // mke2fs's own knob for a fixed time in every timestamp it writes.
+            .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+            .args(["-q", "-F", "-b", "4096", "-T", "default", "-L", label])
+            .arg("-U")
+            .arg(uuid.to_string())
+            .arg("-E")
+            .arg(format!("hash_seed={uuid},root_owner=0:0,lazy_itable_init=0,resize=4294967295"))
+            .arg("-d")
+            .arg(dir)
+            .arg(out)
+            .arg(blocks.to_string()),
+    )
+    .map(|_| ())
+}

@@ -1,0 +1,474 @@
+//! `basalt build`: from an image spec to a bootable A/B disk image.
+//!
+//! 1. root file system: mmdebstrap (cached), unpacked, overlays laid on in
+//!    order, the agent and its unit installed, machine-id emptied;
+//! 2. the kernel taken out of `/boot`, the basalt initrd made for it;
+//! 3. the root slot image (squashfs or erofs) and the data partition (ext4,
+//!    holding `/var` as the image shipped it);
+//! 4. the ESP with systemd-boot and both slots' boot files;
+//! 5. GPT disk image, then `.img.zst`, `.qcow2` and the JSON build record.
+
+pub mod disk;
+pub mod esp;
+pub mod fsimage;
+pub mod initrd;
+pub mod rootfs;
+
+use crate::assets;
+use crate::progress::Progress;
+use anyhow::{bail, Context, Result};
+use basalt_formats::initrd::InitrdConfig;
+use basalt_formats::layout::DiskLayout;
+use basalt_formats::record::{Artifact, BuildRecord};
+use basalt_formats::release::{Release, RELEASE_PATH};
+use basalt_formats::spec::OverlayRef;
+use basalt_formats::{Arch, BoardId, ImageSpec, Slot};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use uuid::Uuid;
+
+/// Where a spec came from, for resolving overlay paths and naming errors.
+#[derive(Debug, Clone)]
+pub enum SpecSource {
+    Builtin,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub spec: SpecSource,
+    pub board: Option<BoardId>,
+    pub out_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    /// Re-run mmdebstrap even when a cached root file system matches.
+    pub no_cache: bool,
+    /// The agent binary for the board's architecture; found next to `basalt` when unset.
+    pub agent: Option<PathBuf>,
+    pub source_date_epoch: u64,
+}
+
+/// Namespace for the GUIDs of an image's disk and partitions.
+const GUID_NAMESPACE: Uuid = uuid::uuid!("6f0c3a9e-5b1d-4c8e-9a55-0b3a5a17b001");
+
+/// The default cache directory: `$BASALT_CACHE_DIR`, else `$XDG_CACHE_HOME/basalt`, else `~/.cache/basalt`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BASALT_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("basalt");
+    }
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/basalt"))
+        .unwrap_or_else(|| PathBuf::from("/var/cache/basalt"))
+}
+
+/// `SOURCE_DATE_EPOCH` from the environment, else the time the default spec's
+/// package snapshot is pinned to: a fixed value so two builds agree.
+pub fn source_date_epoch() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a whole number of seconds")),
+        Err(_) => Ok(1_700_000_000),
+    }
+}
+
+pub fn load_spec(source: &SpecSource) -> Result<ImageSpec> {
+    match source {
+        SpecSource::Builtin => Ok(ImageSpec::parse(assets::DEFAULT_SPEC_NAME, assets::DEFAULT_SPEC)?),
+        SpecSource::File(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading image spec {}", p.display()))?;
+            Ok(ImageSpec::parse(&p.display().to_string(), &text)?)
+        }
+    }
+}
+
+/// Finds the agent for `arch`: `cargo build --release -p basalt-agent --target T`
+/// puts it at `<target dir>/<T>/release/basalt-agent`, and `basalt` itself
+/// lives in `<target dir>/<profile>/`.
+pub fn find_agent(arch: Arch, explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        if !p.is_file() {
+            bail!("agent binary {} does not exist", p.display());
+        }
+        return Ok(p.to_path_buf());
+    }
+    let var = format!("BASALT_AGENT_{}", arch.debian().to_uppercase());
+    if let Some(p) = std::env::var_os(&var) {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("{var}={} does not exist", p.display());
+        }
+        return Ok(p);
+    }
+    let exe = std::env::current_exe().context("locating the basalt binary")?;
+    let mut candidates = Vec::new();
+    for dir in exe.ancestors().skip(1).take(3) {
+        candidates.push(dir.join(arch.rust_target()).join("release/basalt-agent"));
+    }
+    if Arch::host() == Some(arch) {
+        if let Some(d) = exe.parent() {
+            candidates.push(d.join("basalt-agent"));
+        }
+    }
+    candidates.push(PathBuf::from("/usr/lib/basalt").join(arch.rust_target()).join("basalt-agent"));
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no basalt-agent for {} found; build it with `cargo build --release -p basalt-agent --target {}`, or pass --agent PATH (or set {var})",
+            arch.debian(),
+            arch.rust_target()
+        )
+    })
+}
+
+fn guid(spec: &ImageSpec, board: BoardId, what: &str) -> Uuid {
+    Uuid::new_v5(&GUID_NAMESPACE, format!("{}/{}/{board}/{what}", spec.name, spec.version).as_bytes())
+}
+
+/// File name stem of the artifacts: `<name>-<version>-<board>`.
+pub fn artifact_stem(spec: &ImageSpec, board: BoardId) -> String {
+    format!("{}-{}-{board}", spec.name, spec.version)
+}
+
+/// Builds the image. Returns the build record (also written as JSON beside the artifacts).
+pub fn build(opts: &BuildOptions) -> Result<BuildRecord> {
+    let spec = load_spec(&opts.spec)?;
+    let board_id = opts.board.or(spec.board).unwrap_or(BoardId::X86_64Uefi);
+    let board = assets::board(board_id)?;
+    let arch = board.arch;
+    let agent = find_agent(arch, opts.agent.as_deref())?;
+    initrd::check_agent(&agent, arch)?;
+    let epoch = opts.source_date_epoch;
+    let stem = artifact_stem(&spec, board_id);
+    std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
+    let work = opts.out_dir.join(format!(".work-{stem}"));
+    if work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
+    }
+    std::fs::create_dir_all(&work)?;
+
+    let mut progress = Progress::new(7);
+
+    // 1. Root file system.
+    let mut packages: Vec<String> = spec.packages.iter().chain(&board.packages).cloned().collect();
+    packages.push(board.kernel_package.clone());
+    packages.sort();
+    packages.dedup();
+    let req = rootfs::RootfsRequest {
+        suite: spec.suite.clone(),
+        mirror: spec.mirror.clone(),
+        components: spec.components.clone(),
+        arch,
+        packages,
+        source_date_epoch: epoch,
+    };
+    let step = progress.step(&format!("root file system ({} {}, {} packages)", spec.suite, arch.debian(), req.packages.len()));
+    let (tar, cached) = rootfs::obtain(&req, &opts.cache_dir, opts.no_cache)?;
+    step.done(if cached { "cached" } else { "mmdebstrap" });
+
+    let step = progress.step("unpacking and customising the root file system");
+    let root = work.join("rootfs");
+    rootfs::unpack(&tar, &root)?;
+    let installed = rootfs::installed_packages(&root)?;
+    let (kernel_path, kver) = rootfs::find_kernel(&root, &board.kernel_package)?;
+    let kernel = read_kernel(&kernel_path)?;
+    let systemd_boot_path = root.join(format!("usr/lib/systemd/boot/efi/systemd-boot{}.efi", arch.efi_suffix()));
+    let systemd_boot = std::fs::read(&systemd_boot_path).with_context(|| {
+        format!("reading {} (is systemd-boot-efi in the board's packages?)", systemd_boot_path.display())
+    })?;
+    let release = Release {
+        name: spec.name.clone(),
+        version: spec.version.clone(),
+        board: board_id,
+        arch,
+        rootfs_type: spec.rootfs_type,
+        build_time: epoch,
+    };
+    customise(&root, &spec, &opts.spec, &agent, &release)?;
+    step.done(&format!("kernel {kver}"));
+
+    // 2. initrd.
+    let step = progress.step("initrd");
+    let (initrd_bytes, initrd_config) = initrd::build(initrd::InitrdInputs {
+        root: &root,
+        arch,
+        agent: &agent,
+        modules: &board.initrd_modules,
+        config: InitrdConfig {
+            board: board_id,
+            version: format!("{} {}", spec.name, spec.version),
+            kernel_version: kver.clone(),
+            rootfs_type: spec.rootfs_type,
+            modules: Vec::new(),
+        },
+        mtime: epoch,
+    })?;
+    step.done(&format!("{} modules, {} KiB", initrd_config.modules.len(), initrd_bytes.len() / 1024));
+
+    // 3. Data partition: /var as shipped, and the places the initrd mounts.
+    let step = progress.step("data partition (ext4)");
+    let data_dir = work.join("data");
+    for d in ["overlay/etc/upper", "overlay/etc/work", "home", "basalt"] {
+        std::fs::create_dir_all(data_dir.join(d))?;
+    }
+    tools_copy_tree(&root.join("var"), &data_dir.join("var"))?;
+    clamp_mtimes(&data_dir, epoch)?;
+    let data_img = work.join("data.img");
+    fsimage::ext4_image(&data_dir, &data_img, spec.sizes.data.bytes(), "data", epoch, guid(&spec, board_id, "data-fs"))?;
+    step.done(&format!("{}", spec.sizes.data));
+
+    // 4. Root slot image.
+    let step = progress.step(&format!("root slot image ({})", spec.rootfs_type));
+    clamp_mtimes(&root, epoch)?;
+    let root_img = work.join("root.img");
+    fsimage::root_image(spec.rootfs_type, &root, &root_img, epoch, guid(&spec, board_id, "root-fs"))?;
+    let rootfs_size = std::fs::metadata(&root_img)?.len();
+    if rootfs_size > spec.sizes.slot.bytes() {
+        bail!(
+            "the root file system image is {} MiB but sizes.slot is {}; raise sizes.slot in the spec or remove packages",
+            rootfs_size.div_ceil(1 << 20),
+            spec.sizes.slot
+        );
+    }
+    step.done(&format!("{} MiB of {}", rootfs_size.div_ceil(1 << 20), spec.sizes.slot));
+
+    // 5. ESP.
+    let step = progress.step("EFI system partition");
+    let mut cmdline: Vec<String> = board.kernel_cmdline.clone();
+    cmdline.extend(spec.kernel_cmdline.iter().cloned());
+    let slots: Vec<esp::SlotBoot> = Slot::ALL
+        .into_iter()
+        .map(|slot| esp::SlotBoot {
+            slot,
+            // The factory copy in slot B sorts after slot A until an update replaces it.
+            version: match slot {
+                Slot::A => spec.version.to_string(),
+                Slot::B => format!("{}~factory", spec.version),
+            },
+            title: format!("{} {} (slot {slot})", spec.name, spec.version),
+            kernel: kernel.clone(),
+            initrd: initrd_bytes.clone(),
+            cmdline: format!("basalt.slot={slot} {}", cmdline.join(" ")),
+        })
+        .collect();
+    let esp_img = work.join("esp.img");
+    let vol_id = u32::from_le_bytes(guid(&spec, board_id, "esp-fs").as_bytes()[..4].try_into().expect("4 bytes"));
+    esp::write(&esp_img, spec.sizes.esp.bytes(), arch, &systemd_boot, &slots, vol_id)?;
+    step.done("systemd-boot, 2 slots");
+
+    // 6. Disk.
+    let step = progress.step("disk image");
+    let layout = DiskLayout::uefi(arch, &spec.sizes);
+    let img = opts.out_dir.join(format!("{stem}.img"));
+    let part_guids: Vec<Uuid> = layout.partitions.iter().map(|p| guid(&spec, board_id, &format!("part-{}", p.label))).collect();
+    let mut f = disk::create(&img, &layout, guid(&spec, board_id, "disk"), &part_guids)?;
+    disk::write_partition(&mut f, &img, &layout, "esp", "sizes.esp", &esp_img)?;
+    disk::write_partition(&mut f, &img, &layout, "root-a", "sizes.slot", &root_img)?;
+    disk::write_partition(&mut f, &img, &layout, "root-b", "sizes.slot", &root_img)?;
+    disk::write_partition(&mut f, &img, &layout, "data", "sizes.data", &data_img)?;
+    f.sync_all()?;
+    drop(f);
+    step.done(&format!("{} MiB", layout.total_bytes() >> 20));
+
+    // 7. Outputs.
+    let step = progress.step("compressed and qcow2 images");
+    let zst = opts.out_dir.join(format!("{stem}.img.zst"));
+    step.bytes(layout.total_bytes());
+    compress_zstd(&img, &zst, |n| step.inc(n))?;
+    let qcow2 = opts.out_dir.join(format!("{stem}.qcow2"));
+    let _ = std::fs::remove_file(&qcow2);
+    crate::tools::run(Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(&img).arg(&qcow2))?;
+    step.done("");
+
+    let mut artifacts = Vec::new();
+    for p in [&img, &zst, &qcow2] {
+        artifacts.push(Artifact {
+            file: p.file_name().expect("file name").to_string_lossy().into_owned(),
+            size: std::fs::metadata(p)?.len(),
+            sha256: sha256_file(p)?,
+        });
+    }
+    let record = BuildRecord {
+        name: spec.name.clone(),
+        version: spec.version.to_string(),
+        board: board_id,
+        arch,
+        suite: spec.suite.clone(),
+        rootfs_type: spec.rootfs_type,
+        kernel_version: kver,
+        source_date_epoch: epoch,
+        esp_size: spec.sizes.esp.bytes(),
+        slot_size: spec.sizes.slot.bytes(),
+        data_size: spec.sizes.data.bytes(),
+        rootfs_size,
+        disk_size: layout.total_bytes(),
+        packages: installed,
+        artifacts,
+    };
+    let record_path = opts.out_dir.join(format!("{stem}.json"));
+    let mut json = serde_json::to_vec_pretty(&record)?;
+    json.push(b'\n');
+    std::fs::write(&record_path, json)
+        .with_context(|| format!("writing {}", record_path.display()))?;
+    std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
+    eprintln!("built {} in {:.0} s", img.display(), progress.elapsed().as_secs_f64());
+    Ok(record)
+}
+
+/// Reads the kernel. Debian's arm64 `vmlinuz` is a gzip-compressed `Image`,
+/// which UEFI cannot start; it is decompressed into the EFI-stub image.
+fn read_kernel(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .with_context(|| format!("decompressing {}", path.display()))?;
+        return Ok(out);
+    }
+    Ok(raw)
+}
+
+/// Lays overlays, the agent, its unit and the release file on the unpacked
+/// root file system, and prepares it for an immutable, shared-by-all-devices root.
+fn customise(root: &Path, spec: &ImageSpec, source: &SpecSource, agent: &Path, release: &Release) -> Result<()> {
+    for o in &spec.overlays {
+        match o {
+            OverlayRef::Builtin(name) => {
+                let dir = assets::OVERLAYS
+                    .get_dir(name.as_str())
+                    .with_context(|| format!("overlays: no built-in overlay named {name:?}"))?;
+                write_embedded_dir(dir, root)?;
+            }
+            OverlayRef::Path(p) => {
+                let base = match source {
+                    SpecSource::File(f) => f.parent().map(Path::to_path_buf).unwrap_or_default(),
+                    SpecSource::Builtin => std::env::current_dir()?,
+                };
+                let dir = base.join(p);
+                if !dir.is_dir() {
+                    bail!("overlays: {} is not a directory", dir.display());
+                }
+                tools_copy_tree(&dir, root)?;
+            }
+        }
+    }
+    let bin = root.join("usr/bin/basalt-agent");
+    std::fs::copy(agent, &bin).with_context(|| format!("installing {} as {}", agent.display(), bin.display()))?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    let rel = root.join(RELEASE_PATH.trim_start_matches('/'));
+    std::fs::create_dir_all(rel.parent().expect("has parent"))?;
+    std::fs::write(&rel, serde_json::to_vec_pretty(release)?)?;
+    enable_units(root)?;
+    // One root for every device: each makes its own machine-id on first boot
+    // (systemd writes it into the persistent /etc overlay).
+    std::fs::write(root.join("etc/machine-id"), b"")?;
+    let _ = std::fs::remove_file(root.join("var/lib/dbus/machine-id"));
+    std::fs::write(root.join("etc/hostname"), b"basalt\n")?;
+    std::fs::write(root.join("etc/fstab"), b"# basalt: the initrd mounts / (read-only slot), /data, /etc, /var and /home.\n")?;
+    // Mount points: the data partition, and /efi for systemd's automatic ESP mount.
+    for d in ["data", "efi"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    // The kernel and initrd live on the ESP, not in the slot.
+    for e in std::fs::read_dir(root.join("boot"))?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with("vmlinuz-") || n.starts_with("initrd.img-") || n.starts_with("System.map-") {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Enables basalt's own units by their `WantedBy=`, as `systemctl enable` would.
+fn enable_units(root: &Path) -> Result<()> {
+    for name in ["basalt-agent.service"] {
+        let unit = root.join("usr/lib/systemd/system").join(name);
+        let text = std::fs::read_to_string(&unit).with_context(|| format!("reading {}", unit.display()))?;
+        for line in text.lines() {
+            if let Some(targets) = line.trim().strip_prefix("WantedBy=") {
+                for t in targets.split_whitespace() {
+                    let dir = root.join("etc/systemd/system").join(format!("{t}.wants"));
+                    std::fs::create_dir_all(&dir)?;
+                    let link = dir.join(name);
+                    let _ = std::fs::remove_file(&link);
+                    std::os::unix::fs::symlink(format!("/usr/lib/systemd/system/{name}"), &link)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_embedded_dir(dir: &include_dir::Dir<'_>, root: &Path) -> Result<()> {
+    for f in dir.files() {
+        // Paths inside the embedded tree start with the overlay's own name.
+        let rel: PathBuf = f.path().components().skip(1).collect();
+        let dst = root.join(&rel);
+        std::fs::create_dir_all(dst.parent().expect("has parent"))?;
+        std::fs::write(&dst, f.contents()).with_context(|| format!("writing {}", dst.display()))?;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o644))?;
+    }
+    for d in dir.dirs() {
+        write_embedded_dir(d, root)?;
+    }
+    Ok(())
+}
+
+/// Copies a tree with owners, modes, links and extended attributes (`cp -a`).
+fn tools_copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst)?;
+    let mut from = src.as_os_str().to_owned();
+    from.push("/.");
+    crate::tools::run(Command::new("cp").arg("-a").arg(from).arg(dst))?;
+    Ok(())
+}
+
+/// Sets every timestamp in `dir` newer than `epoch` to `epoch`, as reproducible builds do.
+fn clamp_mtimes(dir: &Path, epoch: u64) -> Result<()> {
+    let t = filetime::FileTime::from_unix_time(epoch as i64, 0);
+    for e in walkdir::WalkDir::new(dir).contents_first(true) {
+        let e = e?;
+        let m = e.path().symlink_metadata()?;
+        if filetime::FileTime::from_last_modification_time(&m) > t {
+            filetime::set_symlink_file_times(e.path(), t, t)
+                .with_context(|| format!("setting the time of {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn compress_zstd(src: &Path, dst: &Path, mut progress: impl FnMut(u64)) -> Result<()> {
+    let mut input = std::fs::File::open(src)?;
+    let out = std::fs::File::create(dst)?;
+    let mut enc = zstd::stream::Encoder::new(out, 6)?;
+    enc.multithread(2)?;
+    enc.include_checksum(true)?;
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        enc.write_all(&buf[..n])?;
+        progress(n as u64);
+    }
+    enc.finish()?.sync_all()?;
+    Ok(())
+}
+
+pub fn sha256_file(p: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(p).with_context(|| format!("reading {}", p.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}

@@ -1,0 +1,164 @@
+//! The `basalt` command line.
+
+use crate::build::{self, BuildOptions, SpecSource};
+use crate::qemu;
+use anyhow::{bail, Context, Result};
+use basalt_formats::record::BuildRecord;
+use basalt_formats::BoardId;
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "basalt",
+    version,
+    about = "Build immutable A/B appliance images for edge devices",
+    after_help = "Examples:\n  basalt build                                   # the default appliance for x86_64-uefi, into ./out\n  basalt build my-spec.yaml --board arm64-uefi --out build/\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build a bootable A/B disk image from an image spec.
+    #[command(after_help = "Examples:\n  basalt build\n  basalt build spec.yaml --board arm64-uefi --out build/ --json")]
+    Build {
+        /// Image spec (YAML). Without one, the built-in appliance spec is used.
+        spec: Option<PathBuf>,
+        /// Board to build for (x86_64-uefi, arm64-uefi); overrides the spec's `board`.
+        #[arg(long)]
+        board: Option<BoardId>,
+        /// Output directory.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Re-run mmdebstrap even when a cached root file system matches.
+        #[arg(long)]
+        no_cache: bool,
+        /// Cache of downloaded packages and root file systems.
+        #[arg(long, env = "BASALT_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+        /// The basalt-agent binary to install (default: found beside basalt in the cargo target directory).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Print the build record as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot a built image under QEMU with its serial console on this terminal.
+    ///
+    /// The image is not modified: the VM writes to an overlay in the state
+    /// directory. Leave the console with Ctrl-A X.
+    #[command(after_help = "Examples:\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt run out/basalt-appliance-0.1.0-arm64-uefi.img --until-ready")]
+    Run {
+        /// The disk image (.img or .qcow2) made by `basalt build`.
+        image: PathBuf,
+        /// Board of the image; read from the build record beside the image when omitted.
+        #[arg(long)]
+        board: Option<BoardId>,
+        /// Size of the virtual disk, such as 4GiB (the data partition grows into it on first boot).
+        #[arg(long)]
+        disk_size: Option<basalt_formats::ByteSize>,
+        /// Directory for the VM's overlay disk, firmware variables and console log.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Keep the overlay from an earlier run (a reboot of the same device) instead of starting fresh.
+        #[arg(long)]
+        keep: bool,
+        /// Exit as soon as the agent reports ready (exit status 0), instead of staying on the console.
+        #[arg(long)]
+        until_ready: bool,
+        /// With --until-ready: give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("basalt: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Build { spec, board, out, no_cache, cache_dir, agent, json } => {
+            let opts = BuildOptions {
+                spec: spec.map(SpecSource::File).unwrap_or(SpecSource::Builtin),
+                board,
+                out_dir: out,
+                cache_dir: cache_dir.unwrap_or_else(build::default_cache_dir),
+                no_cache,
+                agent,
+                source_date_epoch: build::source_date_epoch()?,
+            };
+            let record = build::build(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&record)?);
+            } else {
+                for a in &record.artifacts {
+                    println!("{}  {}", a.sha256, opts.out_dir.join(&a.file).display());
+                }
+            }
+            Ok(())
+        }
+        Command::Run { image, board, disk_size, state_dir, keep, until_ready, timeout } => {
+            let board_id = match board {
+                Some(b) => b,
+                None => record_beside(&image)?.board,
+            };
+            let board = crate::assets::board(board_id)?;
+            let state_dir = state_dir.unwrap_or_else(|| {
+                let stem = image.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                image.with_file_name(format!(".run-{stem}"))
+            });
+            let cfg = qemu::VmConfig {
+                board,
+                image,
+                state_dir,
+                disk_size: disk_size.map(|s| s.bytes()),
+                cpus: 2,
+                keep_state: keep,
+                extra_args: Vec::new(),
+            };
+            if until_ready {
+                let mut vm = qemu::Vm::start(&cfg)?;
+                let line = vm.wait_for("basalt-agent: ready", Duration::from_secs(timeout))?;
+                println!("{}", line.trim());
+                vm.kill();
+                Ok(())
+            } else {
+                qemu::check_host(&cfg.board)?;
+                let (disk, vars) = qemu::prepare(&cfg)?;
+                eprintln!("booting {} (leave with Ctrl-A X)", cfg.image.display());
+                let status = qemu::command(&cfg, &disk, &vars).status().context("starting QEMU")?;
+                if !status.success() {
+                    bail!("QEMU exited with {status}");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The build record next to an image: `X.img`, `X.img.zst` and `X.qcow2` all belong to `X.json`.
+fn record_beside(image: &Path) -> Result<BuildRecord> {
+    let name = image.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let stem = name
+        .strip_suffix(".img.zst")
+        .or_else(|| name.strip_suffix(".img"))
+        .or_else(|| name.strip_suffix(".qcow2"))
+        .unwrap_or(&name);
+    let path = image.with_file_name(format!("{stem}.json"));
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the build record {} (or pass --board)", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}

@@ -1,0 +1,5 @@
+//! `basalt`, the image builder.
+
+fn main() -> std::process::ExitCode {
+    basalt::cli::main()
+}

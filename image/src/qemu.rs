@@ -1,0 +1,223 @@
+//! Booting a built image under QEMU with UEFI firmware (OVMF on x86_64,
+//! AAVMF on ARM64), for `basalt run` and the qemu-tests.
+//!
+//! The image itself is never written: the VM runs on a qcow2 overlay backed
+//! by it, and on a private copy of the firmware's variable store.
+
+use crate::tools;
+use anyhow::{bail, Context, Result};
+use basalt_formats::Board;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// What to boot and how.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub board: Board,
+    /// The built disk image (`.img` or `.qcow2`).
+    pub image: PathBuf,
+    /// Directory for the overlay, the variable store and the console log.
+    pub state_dir: PathBuf,
+    /// Size of the virtual disk; larger than the image to exercise growing the data partition.
+    pub disk_size: Option<u64>,
+    pub cpus: u32,
+    /// Reuse an overlay and variable store already in `state_dir` (a reboot of the same machine).
+    pub keep_state: bool,
+    /// Extra arguments passed to QEMU as they are.
+    pub extra_args: Vec<String>,
+}
+
+/// A running VM whose serial console is captured.
+#[derive(Debug)]
+pub struct Vm {
+    child: Child,
+    console: Arc<(Mutex<String>, Condvar)>,
+    pub log_path: PathBuf,
+}
+
+/// Checks that QEMU and the firmware for `board` are installed.
+pub fn check_host(board: &Board) -> Result<()> {
+    if !tools::exists(&board.qemu.system) {
+        bail!("{} is not installed (scripts/setup.sh installs it)", board.qemu.system);
+    }
+    for f in [&board.qemu.firmware_code, &board.qemu.firmware_vars] {
+        if !Path::new(f).is_file() {
+            bail!("UEFI firmware {f} is missing (scripts/setup.sh installs ovmf and qemu-efi-aarch64)");
+        }
+    }
+    Ok(())
+}
+
+fn image_format(p: &Path) -> &'static str {
+    match p.extension().and_then(|e| e.to_str()) {
+        Some("qcow2") => "qcow2",
+        _ => "raw",
+    }
+}
+
+/// The QEMU command line for `cfg`, with the overlay at `disk` and the variable store at `vars`.
+pub fn command(cfg: &VmConfig, disk: &Path, vars: &Path) -> Command {
+    let q = &cfg.board.qemu;
+    let mut c = Command::new(&q.system);
+    c.args(["-machine", &q.machine, "-cpu", &q.cpu, "-accel", "tcg"])
+        .args(["-smp", &cfg.cpus.to_string(), "-m", &(q.memory.bytes() >> 20).to_string()])
+        .args(["-nodefaults", "-display", "none", "-no-user-config"])
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", q.firmware_code))
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
+        .arg("-drive")
+        .arg(format!("if=none,id=disk0,format=qcow2,file={}", disk.display()))
+        .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"])
+        .args(["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"])
+        .args(["-device", "virtio-rng-pci"])
+        .args(["-serial", "mon:stdio"])
+        .args(&cfg.extra_args);
+    c
+}
+
+/// Creates the overlay and variable store unless kept from an earlier boot.
+pub fn prepare(cfg: &VmConfig) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let disk = cfg.state_dir.join("disk.qcow2");
+    let vars = cfg.state_dir.join("efivars.fd");
+    if !cfg.keep_state || !disk.exists() {
+        let _ = std::fs::remove_file(&disk);
+        let image = std::fs::canonicalize(&cfg.image).with_context(|| format!("image {}", cfg.image.display()))?;
+        let mut c = Command::new("qemu-img");
+        c.args(["create", "-q", "-f", "qcow2", "-F", image_format(&image), "-b"]).arg(&image).arg(&disk);
+        if let Some(size) = cfg.disk_size {
+            c.arg(size.to_string());
+        }
+        tools::run(&mut c)?;
+        std::fs::copy(&cfg.board.qemu.firmware_vars, &vars)
+            .with_context(|| format!("copying {}", cfg.board.qemu.firmware_vars))?;
+    }
+    Ok((disk, vars))
+}
+
+impl Vm {
+    /// Starts the VM with its console captured (and copied to `console.log` in the state directory).
+    pub fn start(cfg: &VmConfig) -> Result<Vm> {
+        check_host(&cfg.board)?;
+        let (disk, vars) = prepare(cfg)?;
+        let log_path = cfg.state_dir.join("console.log");
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let mut child = command(cfg, &disk, &vars)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", cfg.board.qemu.system))?;
+        let console = Arc::new((Mutex::new(String::new()), Condvar::new()));
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let c2 = console.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = Vec::new();
+            while let Ok(n) = r.read_until(b'\n', &mut line) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&line).replace('\r', "");
+                let _ = log.write_all(text.as_bytes());
+                let (m, cv) = &*c2;
+                m.lock().expect("console lock").push_str(&text);
+                cv.notify_all();
+                line.clear();
+            }
+        });
+        let c3 = console.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stderr);
+            let mut line = String::new();
+            while let Ok(n) = r.read_line(&mut line) {
+                if n == 0 {
+                    break;
+                }
+                let (m, cv) = &*c3;
+                m.lock().expect("console lock").push_str(&format!("[qemu] {line}"));
+                cv.notify_all();
+                line.clear();
+            }
+        });
+        Ok(Vm { child, console, log_path })
+    }
+
+    /// Everything the console printed so far.
+    pub fn console(&self) -> String {
+        self.console.0.lock().expect("console lock").clone()
+    }
+
+    /// Waits until a console line contains `needle`, returning that line.
+    /// Fails when the VM exits or `timeout` passes, showing the console's end.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        self.wait_for_any(&[needle], timeout).map(|(_, l)| l)
+    }
+
+    /// Like [`Vm::wait_for`] for several needles; returns which matched first and its line.
+    pub fn wait_for_any(&mut self, needles: &[&str], timeout: Duration) -> Result<(usize, String)> {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.console;
+        let mut text = m.lock().expect("console lock");
+        loop {
+            for line in text.lines() {
+                if let Some(i) = needles.iter().position(|n| line.contains(n)) {
+                    return Ok((i, line.to_string()));
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!(
+                    "timed out after {} s waiting for {needles:?} on the console ({}); its end:\n{}",
+                    timeout.as_secs(),
+                    self.log_path.display(),
+                    tools::tail(&text, 40)
+                );
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(
+                    "QEMU exited ({status}) before {needles:?} appeared ({}); the console's end:\n{}",
+                    self.log_path.display(),
+                    tools::tail(&text, 40)
+                );
+            }
+            let wait = (deadline - now).min(Duration::from_millis(500));
+            text = cv.wait_timeout(text, wait).expect("console lock").0;
+        }
+    }
+
+    /// Pulls the plug: the guest gets no chance to shut down.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for QEMU to exit by itself (after a guest power-off).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() >= deadline {
+                bail!("QEMU did not exit within {} s", timeout.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
