@@ -265,18 +265,38 @@ fn blkpg_resize(f: &File, path: &Path, pno: u32, start: u64, length: u64) -> Res
     Ok(())
 }
 
-/// Grows the mounted ext4 file system at `mountpoint` to fill its partition
-/// (`part_bytes` long), online. Returns the new block count, or `None` when
-/// it already fills it.
-pub fn grow_ext4(mountpoint: &Path, part_bytes: u64) -> Result<Option<u64>, DiskError> {
-    let st = nix::sys::statvfs::statvfs(mountpoint).map_err(|source| DiskError::Ioctl {
-        path: mountpoint.to_path_buf(),
-        op: "statvfs",
-        source,
-    })?;
-    let block = st.fragment_size() as u64;
-    let want = part_bytes / block;
-    if want <= st.blocks() as u64 {
+/// Block count and block size of the ext4 file system on `device`, from its superblock.
+pub fn ext4_geometry(device: &Path) -> Result<(u64, u64), DiskError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(device).map_err(io_err(device))?;
+    let mut sb = [0u8; 1024];
+    f.seek(SeekFrom::Start(1024)).map_err(io_err(device))?;
+    f.read_exact(&mut sb).map_err(io_err(device))?;
+    parse_ext4_superblock(&sb).ok_or_else(|| DiskError::Io {
+        path: device.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidData, "no ext4 superblock"),
+    })
+}
+
+/// (block count, block size) from a 1024-byte ext2/3/4 superblock.
+pub fn parse_ext4_superblock(sb: &[u8; 1024]) -> Option<(u64, u64)> {
+    let le32 = |o: usize| u32::from_le_bytes(sb[o..o + 4].try_into().expect("4 bytes")) as u64;
+    if u16::from_le_bytes([sb[0x38], sb[0x39]]) != 0xEF53 {
+        return None;
+    }
+    let incompat_64bit = le32(0x60) & 0x80 != 0;
+    let blocks = le32(0x4) | if incompat_64bit { le32(0x150) << 32 } else { 0 };
+    let block_size = 1024u64 << le32(0x18);
+    Some((blocks, block_size))
+}
+
+/// Grows the ext4 file system of `device`, mounted at `mountpoint`, online
+/// to fill its partition (`part_bytes` long). Returns the new block count, or
+/// `None` when it already fills it.
+pub fn grow_ext4(device: &Path, mountpoint: &Path, part_bytes: u64) -> Result<Option<u64>, DiskError> {
+    let (blocks, block_size) = ext4_geometry(device)?;
+    let want = part_bytes / block_size;
+    if want <= blocks {
         return Ok(None);
     }
     let f = File::open(mountpoint).map_err(io_err(mountpoint))?;
@@ -396,6 +416,19 @@ mod tests {
         assert!(e.to_string().contains("(disks seen: vda)"), "{e}");
         let e = choose_boot_disk(&[], Slot::A, None).unwrap_err();
         assert!(e.to_string().contains("disks seen: none"), "{e}");
+    }
+
+    #[test]
+    fn superblock_geometry() {
+        let mut sb = [0u8; 1024];
+        assert_eq!(parse_ext4_superblock(&sb), None);
+        sb[0x38..0x3a].copy_from_slice(&0xEF53u16.to_le_bytes());
+        sb[0x4..0x8].copy_from_slice(&32768u32.to_le_bytes());
+        sb[0x18..0x1c].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(parse_ext4_superblock(&sb), Some((32768, 4096)));
+        sb[0x60] = 0x80;
+        sb[0x150..0x154].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(parse_ext4_superblock(&sb), Some(((1 << 32) + 32768, 4096)));
     }
 
     #[test]

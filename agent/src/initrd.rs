@@ -134,7 +134,7 @@ fn run() -> anyhow::Result<Never> {
         Some(g) => g.to_bytes,
         None => (boot.data.last_lba + 1 - boot.data.first_lba) * 512,
     };
-    match disk::grow_ext4(Path::new(DATA), part_bytes) {
+    match disk::grow_ext4(&data_dev, Path::new(DATA), part_bytes) {
         Ok(Some(blocks)) => knotice!("data file system grown to {blocks} blocks"),
         Ok(None) => {}
         Err(e) => kwarn!("could not grow the data file system: {e}"),

@@ -52,8 +52,55 @@ pub fn entry_text(s: &SlotBoot) -> String {
 /// `loader.conf`: no menu wait, no editing of the kernel command line.
 pub const LOADER_CONF: &str = "timeout 0\neditor no\nconsole-mode keep\n";
 
-/// Writes the ESP image of `size` bytes to `out`.
-pub fn write(out: &Path, size: u64, arch: Arch, systemd_boot: &[u8], slots: &[SlotBoot], volume_id: u32) -> Result<(), EspError> {
+/// Every timestamp in the ESP: the build's `SOURCE_DATE_EPOCH`, as a FAT date.
+///
+/// It must be a real date: the UEFI FAT driver refuses to rename a file
+/// (systemd-boot's boot counting does that) whose times are not.
+#[derive(Debug)]
+struct FixedTime(fatfs::DateTime);
+
+impl fatfs::TimeProvider for FixedTime {
+    fn get_current_date(&self) -> fatfs::Date {
+        self.0.date
+    }
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        self.0
+    }
+}
+
+/// Converts UNIX time to a FAT date and time (UTC), clamped to FAT's 1980–2107.
+pub fn fat_time(epoch: u64) -> fatfs::DateTime {
+    let days = (epoch / 86400) as i64;
+    let secs = epoch % 86400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u16;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u16;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as u16;
+    let (year, month, day, secs) = match year {
+        y if y < 1980 => (1980, 1, 1, 0),
+        y if y > 2107 => (2107, 12, 31, 86399),
+        y => (y, month, day, secs),
+    };
+    fatfs::DateTime {
+        date: fatfs::Date { year, month, day },
+        time: fatfs::Time {
+            hour: (secs / 3600) as u16,
+            min: (secs / 60 % 60) as u16,
+            sec: (secs % 60) as u16,
+            millis: 0,
+        },
+    }
+}
+
+/// Writes the ESP image of `size` bytes to `out`, every file dated `epoch`.
+#[allow(clippy::too_many_arguments)]
+pub fn write(out: &Path, size: u64, arch: Arch, systemd_boot: &[u8], slots: &[SlotBoot], volume_id: u32, epoch: u64) -> Result<(), EspError> {
     let io = |source| EspError::Io { path: out.to_path_buf(), source };
     let needed: u64 = systemd_boot.len() as u64 * 2 + slots.iter().map(|s| (s.kernel.len() + s.initrd.len()) as u64).sum::<u64>();
     // FAT tables and directories need room too.
@@ -69,7 +116,8 @@ pub fn write(out: &Path, size: u64, arch: Arch, systemd_boot: &[u8], slots: &[Sl
     .map_err(io)?;
     f.rewind().map_err(io)?;
     {
-        let fs = fatfs::FileSystem::new(&mut f, fatfs::FsOptions::new()).map_err(io)?;
+        let time: &'static FixedTime = Box::leak(Box::new(FixedTime(fat_time(epoch))));
+        let fs = fatfs::FileSystem::new(&mut f, fatfs::FsOptions::new().time_provider(time)).map_err(io)?;
         let root = fs.root_dir();
         let boot_name = format!("BOOT{}.EFI", arch.efi_suffix().to_uppercase());
         let sd_name = format!("systemd-boot{}.efi", arch.efi_suffix());
@@ -133,8 +181,8 @@ mod tests {
         let slots = [slot(Slot::A, "1.0.0"), slot(Slot::B, "1.0.0~spare")];
         let a = dir.path().join("a.img");
         let b = dir.path().join("b.img");
-        write(&a, 64 << 20, Arch::Amd64, b"MZ-efi", &slots, 7).unwrap();
-        write(&b, 64 << 20, Arch::Amd64, b"MZ-efi", &slots, 7).unwrap();
+        write(&a, 64 << 20, Arch::Amd64, b"MZ-efi", &slots, 7, 1_700_000_000).unwrap();
+        write(&b, 64 << 20, Arch::Amd64, b"MZ-efi", &slots, 7, 1_700_000_000).unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         let mut f = std::fs::File::open(&a).unwrap();
         let fs = fatfs::FileSystem::new(&mut f, fatfs::FsOptions::new()).unwrap();
@@ -147,11 +195,22 @@ mod tests {
     }
 
     #[test]
+    fn fat_dates_are_real_dates() {
+        let t = fat_time(1_700_000_000); // 2023-11-14 22:13:20 UTC
+        assert_eq!((t.date.year, t.date.month, t.date.day), (2023, 11, 14));
+        assert_eq!((t.time.hour, t.time.min, t.time.sec), (22, 13, 20));
+        let t = fat_time(951_782_400); // 2000-02-29
+        assert_eq!((t.date.year, t.date.month, t.date.day), (2000, 2, 29));
+        let t = fat_time(0);
+        assert_eq!((t.date.year, t.date.month, t.date.day), (1980, 1, 1));
+    }
+
+    #[test]
     fn too_small_names_the_field() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = slot(Slot::A, "1");
         s.kernel = vec![0; 70 << 20];
-        let e = write(&dir.path().join("x"), 64 << 20, Arch::Amd64, b"x", &[s], 1).unwrap_err();
+        let e = write(&dir.path().join("x"), 64 << 20, Arch::Amd64, b"x", &[s], 1, 0).unwrap_err();
         assert!(e.to_string().contains("raise sizes.esp"), "{e}");
     }
 }

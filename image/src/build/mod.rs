@@ -149,7 +149,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildRecord> {
     }
     std::fs::create_dir_all(&work)?;
 
-    let mut progress = Progress::new(7);
+    let mut progress = Progress::new(8);
 
     // 1. Root file system.
     let mut packages: Vec<String> = spec.packages.iter().chain(&board.packages).cloned().collect();
@@ -255,7 +255,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildRecord> {
         .collect();
     let esp_img = work.join("esp.img");
     let vol_id = u32::from_le_bytes(guid(&spec, board_id, "esp-fs").as_bytes()[..4].try_into().expect("4 bytes"));
-    esp::write(&esp_img, spec.sizes.esp.bytes(), arch, &systemd_boot, &slots, vol_id)?;
+    esp::write(&esp_img, spec.sizes.esp.bytes(), arch, &systemd_boot, &slots, vol_id, epoch)?;
     step.done("systemd-boot, 2 slots");
 
     // 6. Disk.

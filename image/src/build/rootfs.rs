@@ -95,10 +95,9 @@ pub fn obtain(req: &RootfsRequest, cache: &Path, rebuild: bool) -> Result<(PathB
         // Reuse downloaded packages between builds.
         .arg("--skip=download/empty")
         .arg("--skip=essential/unlink")
-        .arg(format!(
-            "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/ && sync-in '{apt_s}' /var/cache/apt/archives/"
-        ))
-        .arg(format!("--customize-hook=sync-out /var/cache/apt/archives '{apt_s}'"))
+        .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/")
+        .arg(format!("--setup-hook=sync-in {apt_s} /var/cache/apt/archives/"))
+        .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {apt_s}"))
         .arg("--format=tar")
         .arg(&req.suite)
         .arg(&partial)
