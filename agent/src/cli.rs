@@ -34,7 +34,10 @@ pub fn main() -> ExitCode {
         Command::Status { json } => {
             let st = crate::status::collect(Path::new("/"));
             if json {
-                println!("{}", serde_json::to_string_pretty(&st).expect("status serialises"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&st).expect("status serialises")
+                );
             } else {
                 print!("{}", st.human());
             }

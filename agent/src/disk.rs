@@ -56,25 +56,43 @@ pub enum DiskError {
     #[error("no disk has the partitions esp, {root} and data (disks seen: {seen})")]
     NotFound { root: String, seen: String },
     #[error("the boot loader's ESP {esp} is on disk {disk}, which lacks partition {label}")]
-    Incomplete { esp: Guid, disk: String, label: String },
+    Incomplete {
+        esp: Guid,
+        disk: String,
+        label: String,
+    },
     #[error("partition {label} on {disk} has no device node yet")]
     NoNode { label: String, disk: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: GPT: {source}")]
-    Gpt { path: PathBuf, source: gptman::Error },
+    Gpt {
+        path: PathBuf,
+        source: gptman::Error,
+    },
     #[error("{path}: {op}: {source}")]
-    Ioctl { path: PathBuf, op: &'static str, source: nix::Error },
+    Ioctl {
+        path: PathBuf,
+        op: &'static str,
+        source: nix::Error,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
-    move |source| DiskError::Io { path: path.to_path_buf(), source }
+    move |source| DiskError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Picks the boot disk. With `loader_esp` (from the `LoaderDevicePartUUID`
 /// EFI variable) the disk holding that ESP wins; without it, the first disk
 /// (in kernel name order) that has every partition.
-pub fn choose_boot_disk(disks: &[DiskInfo], slot: Slot, loader_esp: Option<Guid>) -> Result<BootDisk, DiskError> {
+pub fn choose_boot_disk(
+    disks: &[DiskInfo],
+    slot: Slot,
+    loader_esp: Option<Guid>,
+) -> Result<BootDisk, DiskError> {
     let root_label = slot.root_label();
     let complete = |d: &DiskInfo| -> Option<BootDisk> {
         Some(BootDisk {
@@ -85,7 +103,10 @@ pub fn choose_boot_disk(disks: &[DiskInfo], slot: Slot, loader_esp: Option<Guid>
         })
     };
     if let Some(esp) = loader_esp {
-        if let Some(d) = disks.iter().find(|d| d.partitions.iter().any(|p| p.unique_guid == esp)) {
+        if let Some(d) = disks
+            .iter()
+            .find(|d| d.partitions.iter().any(|p| p.unique_guid == esp))
+        {
             return complete(d).ok_or_else(|| DiskError::Incomplete {
                 esp,
                 disk: d.name.clone(),
@@ -99,14 +120,21 @@ pub fn choose_boot_disk(disks: &[DiskInfo], slot: Slot, loader_esp: Option<Guid>
     }
     let mut sorted: Vec<&DiskInfo> = disks.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    sorted.into_iter().find_map(complete).ok_or_else(|| DiskError::NotFound {
-        root: root_label,
-        seen: if disks.is_empty() {
-            "none".to_string()
-        } else {
-            disks.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
-        },
-    })
+    sorted
+        .into_iter()
+        .find_map(complete)
+        .ok_or_else(|| DiskError::NotFound {
+            root: root_label,
+            seen: if disks.is_empty() {
+                "none".to_string()
+            } else {
+                disks
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        })
 }
 
 /// Where the kernel's view of block devices lives; tests point it at a fake tree.
@@ -132,10 +160,16 @@ pub fn scan_disks(roots: &SysRoots) -> Vec<DiskInfo> {
     let Ok(entries) = fs::read_dir(&roots.sys_block) else {
         return out;
     };
-    let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     for name in names {
-        if ["loop", "ram", "zram", "dm-", "md", "sr"].iter().any(|p| name.starts_with(p)) {
+        if ["loop", "ram", "zram", "dm-", "md", "sr"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
             continue;
         }
         let size_sectors = read_u64(&roots.sys_block.join(&name).join("size")).unwrap_or(0);
@@ -154,7 +188,12 @@ fn read_u64(path: &Path) -> Option<u64> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-fn read_disk(roots: &SysRoots, name: &str, dev_path: &Path, size_sectors: u64) -> Result<DiskInfo, DiskError> {
+fn read_disk(
+    roots: &SysRoots,
+    name: &str,
+    dev_path: &Path,
+    size_sectors: u64,
+) -> Result<DiskInfo, DiskError> {
     let mut f = File::open(dev_path).map_err(io_err(dev_path))?;
     let gpt = gptman::GPT::find_from(&mut f).map_err(|source| DiskError::Gpt {
         path: dev_path.to_path_buf(),
@@ -198,13 +237,24 @@ fn read_disk(roots: &SysRoots, name: &str, dev_path: &Path, size_sectors: u64) -
 /// until the kernel is told, nothing else changes. A cut before the write
 /// leaves the old table; after it, the next boot finds nothing left to do
 /// but the file system resize, which is itself safe online.
-pub fn grow_data_partition(disk: &DiskInfo, data: &PartInfo) -> Result<Option<DataGrowth>, DiskError> {
-    let Some(new_last) = layout::grown_last_lba(disk.size_sectors, data.first_lba, data.last_lba) else {
+pub fn grow_data_partition(
+    disk: &DiskInfo,
+    data: &PartInfo,
+) -> Result<Option<DataGrowth>, DiskError> {
+    let Some(new_last) = layout::grown_last_lba(disk.size_sectors, data.first_lba, data.last_lba)
+    else {
         return Ok(None);
     };
     let path = &disk.dev_path;
-    let mut f = OpenOptions::new().read(true).write(true).open(path).map_err(io_err(path))?;
-    let gpt_err = |source| DiskError::Gpt { path: path.clone(), source };
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    let gpt_err = |source| DiskError::Gpt {
+        path: path.clone(),
+        source,
+    };
     let mut gpt = gptman::GPT::find_from(&mut f).map_err(gpt_err)?;
     let sector = gpt.sector_size;
     gpt.header.update_from(&mut f, sector).map_err(gpt_err)?;
@@ -218,7 +268,10 @@ pub fn grow_data_partition(disk: &DiskInfo, data: &PartInfo) -> Result<Option<Da
     let from_bytes = (data.last_lba + 1 - data.first_lba) * sector;
     let to_bytes = (new_last + 1 - data.first_lba) * sector;
     blkpg_resize(&f, path, data.number, data.first_lba * sector, to_bytes)?;
-    Ok(Some(DataGrowth { from_bytes, to_bytes }))
+    Ok(Some(DataGrowth {
+        from_bytes,
+        to_bytes,
+    }))
 }
 
 #[repr(C)]
@@ -239,7 +292,11 @@ struct BlkpgIoctlArg {
 }
 
 const BLKPG_RESIZE_PARTITION: libc::c_int = 3;
-nix::ioctl_write_ptr_bad!(blkpg_ioctl, nix::request_code_none!(0x12, 105), BlkpgIoctlArg);
+nix::ioctl_write_ptr_bad!(
+    blkpg_ioctl,
+    nix::request_code_none!(0x12, 105),
+    BlkpgIoctlArg
+);
 nix::ioctl_write_ptr!(ext4_resize_fs, b'f', 16, u64);
 
 fn blkpg_resize(f: &File, path: &Path, pno: u32, start: u64, length: u64) -> Result<(), DiskError> {
@@ -293,7 +350,11 @@ pub fn parse_ext4_superblock(sb: &[u8; 1024]) -> Option<(u64, u64)> {
 /// Grows the ext4 file system of `device`, mounted at `mountpoint`, online
 /// to fill its partition (`part_bytes` long). Returns the new block count, or
 /// `None` when it already fills it.
-pub fn grow_ext4(device: &Path, mountpoint: &Path, part_bytes: u64) -> Result<Option<u64>, DiskError> {
+pub fn grow_ext4(
+    device: &Path,
+    mountpoint: &Path,
+    part_bytes: u64,
+) -> Result<Option<u64>, DiskError> {
     let (blocks, block_size) = ext4_geometry(device)?;
     let want = part_bytes / block_size;
     if want <= blocks {
@@ -344,9 +405,13 @@ pub mod uuid_bytes {
             }
             let mut t = [0u8; 16];
             for (i, byte) in t.iter_mut().enumerate() {
-                *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| format!("{s:?} is not a GUID"))?;
+                *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                    .map_err(|_| format!("{s:?} is not a GUID"))?;
             }
-            Ok(Guid([t[3], t[2], t[1], t[0], t[5], t[4], t[7], t[6], t[8], t[9], t[10], t[11], t[12], t[13], t[14], t[15]]))
+            Ok(Guid([
+                t[3], t[2], t[1], t[0], t[5], t[4], t[7], t[6], t[8], t[9], t[10], t[11], t[12],
+                t[13], t[14], t[15],
+            ]))
         }
     }
 }
@@ -354,9 +419,14 @@ pub mod uuid_bytes {
 /// Reads systemd-boot's `LoaderDevicePartUUID` from efivarfs: the unique
 /// GUID of the ESP the loader ran from.
 pub fn loader_device_part_uuid(efivars: &Path) -> Option<Guid> {
-    let raw = fs::read(efivars.join("LoaderDevicePartUUID-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f")).ok()?;
+    let raw =
+        fs::read(efivars.join("LoaderDevicePartUUID-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f")).ok()?;
     // 4 bytes of attributes, then UTF-16LE text without terminator.
-    let units: Vec<u16> = raw.get(4..)?.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    let units: Vec<u16> = raw
+        .get(4..)?
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
     let text = String::from_utf16(&units).ok()?;
     text.trim_end_matches('\0').parse().ok()
 }
@@ -445,10 +515,18 @@ mod tests {
     fn efi_variable_is_decoded() {
         let dir = tempfile::tempdir().unwrap();
         let mut raw = vec![6, 0, 0, 0];
-        for u in "0A1B2C3D-0000-1111-2222-333344445555".encode_utf16().chain([0]) {
+        for u in "0A1B2C3D-0000-1111-2222-333344445555"
+            .encode_utf16()
+            .chain([0])
+        {
             raw.extend_from_slice(&u.to_le_bytes());
         }
-        fs::write(dir.path().join("LoaderDevicePartUUID-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"), raw).unwrap();
+        fs::write(
+            dir.path()
+                .join("LoaderDevicePartUUID-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"),
+            raw,
+        )
+        .unwrap();
         let g = loader_device_part_uuid(dir.path()).unwrap();
         assert_eq!(g.to_string(), "0a1b2c3d-0000-1111-2222-333344445555");
     }

@@ -32,7 +32,10 @@ const DISK_WAIT: Duration = Duration::from_secs(60);
 
 /// True when this process is PID 1 started as `/init` by the kernel.
 pub fn is_initrd_pid1() -> bool {
-    std::process::id() == 1 && std::env::args().next().is_some_and(|a| a == "/init" || a.ends_with("/init"))
+    std::process::id() == 1
+        && std::env::args()
+            .next()
+            .is_some_and(|a| a == "/init" || a.ends_with("/init"))
 }
 
 /// Runs the initrd. Never returns: it either executes the real init or reboots.
@@ -60,12 +63,13 @@ fn run() -> anyhow::Result<Never> {
         kwarn!("kernel command line: {w}");
     }
     let config: InitrdConfig = serde_json::from_str(
-        &fs::read_to_string(INITRD_CONFIG_PATH).with_context(|| format!("reading {INITRD_CONFIG_PATH}"))?,
+        &fs::read_to_string(INITRD_CONFIG_PATH)
+            .with_context(|| format!("reading {INITRD_CONFIG_PATH}"))?,
     )
     .with_context(|| format!("parsing {INITRD_CONFIG_PATH}"))?;
-    let slot = cmdline
-        .slot
-        .context("the kernel command line has no basalt.slot=a|b; the boot loader entry is broken")?;
+    let slot = cmdline.slot.context(
+        "the kernel command line has no basalt.slot=a|b; the boot loader entry is broken",
+    )?;
     knotice!(
         "{} on {} (kernel {}), booting slot {slot}",
         config.version,
@@ -77,7 +81,13 @@ fn run() -> anyhow::Result<Never> {
 
     let efivars = Path::new("/sys/firmware/efi/efivars");
     if efivars.is_dir() {
-        if let Err(e) = mount(Some("efivarfs"), efivars, Some("efivarfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>) {
+        if let Err(e) = mount(
+            Some("efivarfs"),
+            efivars,
+            Some("efivarfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        ) {
             kwarn!("mounting efivarfs: {e}");
         }
     }
@@ -92,8 +102,13 @@ fn run() -> anyhow::Result<Never> {
         let disks = disk::scan_disks(&roots);
         match disk::choose_boot_disk(&disks, slot, loader_esp) {
             Ok(b) if b.root.dev_path.is_some() && b.data.dev_path.is_some() => break b,
-            Ok(_) | Err(_) if started.elapsed() < DISK_WAIT => std::thread::sleep(Duration::from_millis(100)),
-            Ok(b) => anyhow::bail!(disk::DiskError::NoNode { label: b.root.label, disk: b.disk.name }),
+            Ok(_) | Err(_) if started.elapsed() < DISK_WAIT => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Ok(b) => anyhow::bail!(disk::DiskError::NoNode {
+                label: b.root.label,
+                disk: b.disk.name
+            }),
             Err(e) => return Err(e.into()),
         }
     };
@@ -115,7 +130,13 @@ fn run() -> anyhow::Result<Never> {
         MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
         None::<&str>,
     )
-    .with_context(|| format!("mounting {} ({}) read-only on {SYSROOT}", root_dev.display(), config.rootfs_type))?;
+    .with_context(|| {
+        format!(
+            "mounting {} ({}) read-only on {SYSROOT}",
+            root_dev.display(),
+            config.rootfs_type
+        )
+    })?;
 
     let grown = match disk::grow_data_partition(&boot.disk, &boot.data) {
         Ok(g) => g,
@@ -126,10 +147,25 @@ fn run() -> anyhow::Result<Never> {
         }
     };
     if let Some(g) = &grown {
-        knotice!("data partition grown from {} to {} bytes", g.from_bytes, g.to_bytes);
+        knotice!(
+            "data partition grown from {} to {} bytes",
+            g.from_bytes,
+            g.to_bytes
+        );
     }
-    mount(Some(&data_dev), DATA, Some("ext4"), MsFlags::MS_NOATIME | MsFlags::MS_NODEV, None::<&str>)
-        .with_context(|| format!("mounting the data partition {} on {DATA}", data_dev.display()))?;
+    mount(
+        Some(&data_dev),
+        DATA,
+        Some("ext4"),
+        MsFlags::MS_NOATIME | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .with_context(|| {
+        format!(
+            "mounting the data partition {} on {DATA}",
+            data_dev.display()
+        )
+    })?;
     let part_bytes = match &grown {
         Some(g) => g.to_bytes,
         None => (boot.data.last_lba + 1 - boot.data.first_lba) * 512,
@@ -155,24 +191,38 @@ fn run() -> anyhow::Result<Never> {
     for d in ["var", "home"] {
         let src = format!("{DATA}/{d}");
         let dst = format!("{SYSROOT}/{d}");
-        mount(Some(src.as_str()), dst.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .with_context(|| format!("binding {src} on {dst}"))?;
+        mount(
+            Some(src.as_str()),
+            dst.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("binding {src} on {dst}"))?;
     }
 
     let info = BootInfo {
         slot,
         disk: boot.disk.dev_path.display().to_string(),
-        esp_device: boot.esp.dev_path.map(|p| p.display().to_string()).unwrap_or_default(),
+        esp_device: boot
+            .esp
+            .dev_path
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
         root_device: root_dev.display().to_string(),
         data_device: data_dev.display().to_string(),
         data_grown: grown,
         initrd_done_ms: uptime_ms(),
     };
     mkdir("/run/basalt")?;
-    fs::write(BOOT_INFO_PATH, serde_json::to_vec_pretty(&info)?).with_context(|| format!("writing {BOOT_INFO_PATH}"))?;
+    fs::write(BOOT_INFO_PATH, serde_json::to_vec_pretty(&info)?)
+        .with_context(|| format!("writing {BOOT_INFO_PATH}"))?;
 
     let init = cmdline.init.as_deref().unwrap_or("/sbin/init");
-    knotice!("switching root to {SYSROOT} after {} ms, starting {init}", info.initrd_done_ms);
+    knotice!(
+        "switching root to {SYSROOT} after {} ms, starting {init}",
+        info.initrd_done_ms
+    );
     switch_root(SYSROOT, init)
 }
 
@@ -187,8 +237,20 @@ fn mount_api_filesystems() -> anyhow::Result<()> {
     for (src, dst, fstype, flags, data) in [
         ("proc", "/proc", "proc", nosuid, None),
         ("sysfs", "/sys", "sysfs", nosuid, None),
-        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
-        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
     ] {
         mkdir(dst)?;
         match mount(Some(src), dst, Some(fstype), flags, data) {
@@ -212,7 +274,11 @@ fn load_modules(modules: &[String]) {
                 continue;
             }
         };
-        match nix::kmod::finit_module(&file, &CString::default(), nix::kmod::ModuleInitFlags::empty()) {
+        match nix::kmod::finit_module(
+            &file,
+            &CString::default(),
+            nix::kmod::ModuleInitFlags::empty(),
+        ) {
             Ok(()) => loaded += 1,
             Err(nix::Error::EEXIST) => {}
             // No such hardware: normal for drivers of buses this machine lacks.
@@ -220,7 +286,11 @@ fn load_modules(modules: &[String]) {
             Err(e) => kwarn!("module {m}: {e}"),
         }
     }
-    kinfo!("loaded {loaded} of {} modules in {} ms", modules.len(), started.elapsed().as_millis());
+    kinfo!(
+        "loaded {loaded} of {} modules in {} ms",
+        modules.len(),
+        started.elapsed().as_millis()
+    );
 }
 
 fn uptime_ms() -> u64 {
@@ -237,15 +307,22 @@ fn switch_root(new_root: &str, init: &str) -> anyhow::Result<Never> {
     use anyhow::Context;
     for m in ["/dev", "/proc", "/sys", "/run"] {
         let target = format!("{new_root}{m}");
-        mount(Some(m), target.as_str(), None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .with_context(|| format!("moving {m} to {target}"))?;
+        mount(
+            Some(m),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .with_context(|| format!("moving {m} to {target}"))?;
     }
     std::env::set_current_dir(new_root).with_context(|| format!("entering {new_root}"))?;
     // The initramfs is RAM: empty it before leaving, staying on its own file system.
     if let Ok(meta) = fs::metadata("/") {
         delete_tree_on_device(Path::new("/"), meta.dev());
     }
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).context("moving the new root onto /")?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .context("moving the new root onto /")?;
     nix::unistd::chroot(".").context("chroot into the new root")?;
     std::env::set_current_dir("/").context("chdir /")?;
     let init_c = CString::new(init).context("init path")?;
@@ -254,10 +331,14 @@ fn switch_root(new_root: &str, init: &str) -> anyhow::Result<Never> {
 }
 
 fn delete_tree_on_device(dir: &Path, dev: u64) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let path: PathBuf = e.path();
-        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
         if meta.dev() != dev {
             continue;
         }

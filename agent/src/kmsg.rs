@@ -19,7 +19,7 @@ pub fn log(level: Level, msg: &str) {
         Ok(mut f) => {
             let _ = f.write_all(line.as_bytes());
         }
-        Err(_) => eprint!("basalt-initrd: {msg}\n"),
+        Err(_) => eprintln!("basalt-initrd: {msg}"),
     }
 }
 

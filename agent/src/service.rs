@@ -29,7 +29,11 @@ impl log::Log for StderrLog {
         true
     }
     fn log(&self, r: &log::Record<'_>) {
-        eprintln!("basalt-agent: {}: {}", r.level().as_str().to_lowercase(), r.args());
+        eprintln!(
+            "basalt-agent: {}: {}",
+            r.level().as_str().to_lowercase(),
+            r.args()
+        );
     }
     fn flush(&self) {}
 }
@@ -40,14 +44,26 @@ pub fn run() -> anyhow::Result<()> {
         warn!("{e}");
     }
     if let Some(b) = &st.boot {
-        info!("booted slot {} from {} in {} ms to root", b.slot, b.disk, b.initrd_done_ms);
+        info!(
+            "booted slot {} from {} in {} ms to root",
+            b.slot, b.disk, b.initrd_done_ms
+        );
         if let Some(g) = &b.data_grown {
-            info!("data partition grew from {} to {} bytes", g.from_bytes, g.to_bytes);
+            info!(
+                "data partition grew from {} to {} bytes",
+                g.from_bytes, g.to_bytes
+            );
         }
     }
     // The ready line goes to stdout, which the unit sends to the journal and the console.
     println!("{}", st.ready_line());
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("running")]);
+    let _ = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("running"),
+        ],
+    );
 
     let mut usec = 0;
     let interval = if sd_notify::watchdog_enabled(false, &mut usec) {

@@ -36,8 +36,14 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path, errors: &mut Vec<Strin
 /// Collects the status from the files under `root` (`/` on a device).
 pub fn collect(root: &Path) -> Status {
     let mut errors = Vec::new();
-    let release = read_json(&root.join(RELEASE_PATH.trim_start_matches('/')), &mut errors);
-    let boot = read_json(&root.join(BOOT_INFO_PATH.trim_start_matches('/')), &mut errors);
+    let release = read_json(
+        &root.join(RELEASE_PATH.trim_start_matches('/')),
+        &mut errors,
+    );
+    let boot = read_json(
+        &root.join(BOOT_INFO_PATH.trim_start_matches('/')),
+        &mut errors,
+    );
     let uptime_s = std::fs::read_to_string(root.join("proc/uptime"))
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
@@ -62,24 +68,42 @@ impl Status {
             Some(r) => (r.name.as_str(), r.version.to_string(), r.board.to_string()),
             None => ("unknown", "unknown".to_string(), "unknown".to_string()),
         };
-        let slot = self.boot.as_ref().map(|b| b.slot.to_string()).unwrap_or_else(|| "?".into());
+        let slot = self
+            .boot
+            .as_ref()
+            .map(|b| b.slot.to_string())
+            .unwrap_or_else(|| "?".into());
         format!("basalt-agent: ready name={name} version={version} board={board} slot={slot} hostname={}", self.hostname)
     }
 
     pub fn human(&self) -> String {
         let mut out = String::new();
         match &self.release {
-            Some(r) => out += &format!("image:    {} {} ({}, {})\n", r.name, r.version, r.board, r.rootfs_type),
+            Some(r) => {
+                out += &format!(
+                    "image:    {} {} ({}, {})\n",
+                    r.name, r.version, r.board, r.rootfs_type
+                )
+            }
             None => out += "image:    unknown\n",
         }
         out += &format!("hostname: {}\n", self.hostname);
         if let Some(b) = &self.boot {
-            out += &format!("slot:     {} (root {}, data {})\n", b.slot, b.root_device, b.data_device);
+            out += &format!(
+                "slot:     {} (root {}, data {})\n",
+                b.slot, b.root_device, b.data_device
+            );
             if let Some(g) = &b.data_grown {
-                out += &format!("data:     grown from {} to {} bytes on this boot\n", g.from_bytes, g.to_bytes);
+                out += &format!(
+                    "data:     grown from {} to {} bytes on this boot\n",
+                    g.from_bytes, g.to_bytes
+                );
             }
         }
-        out += &format!("uptime:   {} s\nagent:    {}\n", self.uptime_s, self.agent_version);
+        out += &format!(
+            "uptime:   {} s\nagent:    {}\n",
+            self.uptime_s, self.agent_version
+        );
         for e in &self.errors {
             out += &format!("error:    {e}\n");
         }
@@ -105,7 +129,13 @@ mod tests {
         assert_eq!(s.release.as_ref().unwrap().version.to_string(), "1.2.3");
         assert!(s.boot.is_none());
         assert_eq!(s.errors.len(), 1);
-        assert!(s.errors[0].contains("run/basalt/boot.json"), "{:?}", s.errors);
-        assert!(s.ready_line().contains("version=1.2.3 board=x86_64-uefi slot=?"));
+        assert!(
+            s.errors[0].contains("run/basalt/boot.json"),
+            "{:?}",
+            s.errors
+        );
+        assert!(s
+            .ready_line()
+            .contains("version=1.2.3 board=x86_64-uefi slot=?"));
     }
 }

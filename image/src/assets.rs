@@ -15,8 +15,14 @@ pub const DEFAULT_SPEC_NAME: &str = "<built-in appliance spec>";
 
 /// (file name, contents) of every board file.
 pub const BOARD_FILES: &[(&str, &str)] = &[
-    ("x86_64-uefi.yaml", include_str!("../../hardware/x86_64-uefi.yaml")),
-    ("arm64-uefi.yaml", include_str!("../../hardware/arm64-uefi.yaml")),
+    (
+        "x86_64-uefi.yaml",
+        include_str!("../../hardware/x86_64-uefi.yaml"),
+    ),
+    (
+        "arm64-uefi.yaml",
+        include_str!("../../hardware/arm64-uefi.yaml"),
+    ),
 ];
 
 /// The board file for `id`.
@@ -39,13 +45,17 @@ mod tests {
             let b = board(id).unwrap();
             assert_eq!(b.id, id);
         }
-        let on_disk: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../hardware"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".yaml"))
-            .collect();
+        let on_disk: Vec<String> =
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../hardware"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".yaml"))
+                .collect();
         for name in on_disk {
-            assert!(BOARD_FILES.iter().any(|(n, _)| *n == name), "hardware/{name} is not compiled in");
+            assert!(
+                BOARD_FILES.iter().any(|(n, _)| *n == name),
+                "hardware/{name} is not compiled in"
+            );
         }
     }
 

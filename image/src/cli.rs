@@ -25,7 +25,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build a bootable A/B disk image from an image spec.
-    #[command(after_help = "Examples:\n  basalt build\n  basalt build spec.yaml --board arm64-uefi --out build/ --json")]
+    #[command(
+        after_help = "Examples:\n  basalt build\n  basalt build spec.yaml --board arm64-uefi --out build/ --json"
+    )]
     Build {
         /// Image spec (YAML). Without one, the built-in appliance spec is used.
         spec: Option<PathBuf>,
@@ -52,7 +54,9 @@ enum Command {
     ///
     /// The image is not modified: the VM writes to an overlay in the state
     /// directory. Leave the console with Ctrl-A X.
-    #[command(after_help = "Examples:\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt run out/basalt-appliance-0.1.0-arm64-uefi.img --until-ready")]
+    #[command(
+        after_help = "Examples:\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt run out/basalt-appliance-0.1.0-arm64-uefi.img --until-ready"
+    )]
     Run {
         /// The disk image (.img or .qcow2) made by `basalt build`.
         image: PathBuf,
@@ -90,7 +94,15 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Build { spec, board, out, no_cache, cache_dir, agent, json } => {
+        Command::Build {
+            spec,
+            board,
+            out,
+            no_cache,
+            cache_dir,
+            agent,
+            json,
+        } => {
             let opts = BuildOptions {
                 spec: spec.map(SpecSource::File).unwrap_or(SpecSource::Builtin),
                 board,
@@ -100,7 +112,7 @@ fn run(cli: Cli) -> Result<()> {
                 agent,
                 source_date_epoch: build::source_date_epoch()?,
             };
-            let record = build::build(&opts)?;
+            let record = build::build(&opts)?.record;
             if json {
                 println!("{}", serde_json::to_string_pretty(&record)?);
             } else {
@@ -110,14 +122,26 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { image, board, disk_size, state_dir, keep, until_ready, timeout } => {
+        Command::Run {
+            image,
+            board,
+            disk_size,
+            state_dir,
+            keep,
+            until_ready,
+            timeout,
+        } => {
             let board_id = match board {
                 Some(b) => b,
                 None => record_beside(&image)?.board,
             };
             let board = crate::assets::board(board_id)?;
             let state_dir = state_dir.unwrap_or_else(|| {
-                let stem = image.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                let stem = image
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
                 image.with_file_name(format!(".run-{stem}"))
             });
             let cfg = qemu::VmConfig {
@@ -139,7 +163,9 @@ fn run(cli: Cli) -> Result<()> {
                 qemu::check_host(&cfg.board)?;
                 let (disk, vars) = qemu::prepare(&cfg)?;
                 eprintln!("booting {} (leave with Ctrl-A X)", cfg.image.display());
-                let status = qemu::command(&cfg, &disk, &vars).status().context("starting QEMU")?;
+                let status = qemu::command(&cfg, &disk, &vars)
+                    .status()
+                    .context("starting QEMU")?;
                 if !status.success() {
                     bail!("QEMU exited with {status}");
                 }
@@ -151,14 +177,22 @@ fn run(cli: Cli) -> Result<()> {
 
 /// The build record next to an image: `X.img`, `X.img.zst` and `X.qcow2` all belong to `X.json`.
 fn record_beside(image: &Path) -> Result<BuildRecord> {
-    let name = image.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let name = image
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let stem = name
         .strip_suffix(".img.zst")
         .or_else(|| name.strip_suffix(".img"))
         .or_else(|| name.strip_suffix(".qcow2"))
         .unwrap_or(&name);
     let path = image.with_file_name(format!("{stem}.json"));
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading the build record {} (or pass --board)", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading the build record {} (or pass --board)",
+            path.display()
+        )
+    })?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }

@@ -39,7 +39,9 @@ impl Progress {
         let label = format!("[{}/{}] {name}", self.step, self.total_steps);
         let bar = if self.tty {
             let b = ProgressBar::new_spinner();
-            b.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
+            );
             b.enable_steady_tick(Duration::from_millis(120));
             b
         } else {
@@ -66,9 +68,11 @@ impl Step {
         self.bar.set_length(total);
         if self.tty {
             self.bar.set_style(
-                ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
             );
         }
     }

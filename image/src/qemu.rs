@@ -41,7 +41,10 @@ pub struct Vm {
 /// Checks that QEMU and the firmware for `board` are installed.
 pub fn check_host(board: &Board) -> Result<()> {
     if !tools::exists(&board.qemu.system) {
-        bail!("{} is not installed (scripts/setup.sh installs it)", board.qemu.system);
+        bail!(
+            "{} is not installed (scripts/setup.sh installs it)",
+            board.qemu.system
+        );
     }
     for f in [&board.qemu.firmware_code, &board.qemu.firmware_vars] {
         if !Path::new(f).is_file() {
@@ -63,16 +66,35 @@ pub fn command(cfg: &VmConfig, disk: &Path, vars: &Path) -> Command {
     let q = &cfg.board.qemu;
     let mut c = Command::new(&q.system);
     c.args(["-machine", &q.machine, "-cpu", &q.cpu, "-accel", "tcg"])
-        .args(["-smp", &cfg.cpus.to_string(), "-m", &(q.memory.bytes() >> 20).to_string()])
+        .args([
+            "-smp",
+            &cfg.cpus.to_string(),
+            "-m",
+            &(q.memory.bytes() >> 20).to_string(),
+        ])
         .args(["-nodefaults", "-display", "none", "-no-user-config"])
         .arg("-drive")
-        .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", q.firmware_code))
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            q.firmware_code
+        ))
         .arg("-drive")
-        .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ))
         .arg("-drive")
-        .arg(format!("if=none,id=disk0,format=qcow2,file={}", disk.display()))
+        .arg(format!(
+            "if=none,id=disk0,format=qcow2,file={}",
+            disk.display()
+        ))
         .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"])
-        .args(["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"])
+        .args([
+            "-netdev",
+            "user,id=net0",
+            "-device",
+            "virtio-net-pci,netdev=net0",
+        ])
         .args(["-device", "virtio-rng-pci"])
         .args(["-serial", "mon:stdio"])
         .args(&cfg.extra_args);
@@ -81,14 +103,26 @@ pub fn command(cfg: &VmConfig, disk: &Path, vars: &Path) -> Command {
 
 /// Creates the overlay and variable store unless kept from an earlier boot.
 pub fn prepare(cfg: &VmConfig) -> Result<(PathBuf, PathBuf)> {
-    std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let disk = cfg.state_dir.join("disk.qcow2");
     let vars = cfg.state_dir.join("efivars.fd");
     if !cfg.keep_state || !disk.exists() {
         let _ = std::fs::remove_file(&disk);
-        let image = std::fs::canonicalize(&cfg.image).with_context(|| format!("image {}", cfg.image.display()))?;
+        let image = std::fs::canonicalize(&cfg.image)
+            .with_context(|| format!("image {}", cfg.image.display()))?;
         let mut c = Command::new("qemu-img");
-        c.args(["create", "-q", "-f", "qcow2", "-F", image_format(&image), "-b"]).arg(&image).arg(&disk);
+        c.args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            image_format(&image),
+            "-b",
+        ])
+        .arg(&image)
+        .arg(&disk);
         if let Some(size) = cfg.disk_size {
             c.arg(size.to_string());
         }
@@ -144,12 +178,18 @@ impl Vm {
                     break;
                 }
                 let (m, cv) = &*c3;
-                m.lock().expect("console lock").push_str(&format!("[qemu] {line}"));
+                m.lock()
+                    .expect("console lock")
+                    .push_str(&format!("[qemu] {line}"));
                 cv.notify_all();
                 line.clear();
             }
         });
-        Ok(Vm { child, console, log_path })
+        Ok(Vm {
+            child,
+            console,
+            log_path,
+        })
     }
 
     /// Everything the console printed so far.

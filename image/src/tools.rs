@@ -10,9 +10,16 @@ pub enum ToolError {
     #[error("{tool} was not found: {hint}")]
     Missing { tool: String, hint: String },
     #[error("could not start {tool}: {source}")]
-    Spawn { tool: String, source: std::io::Error },
+    Spawn {
+        tool: String,
+        source: std::io::Error,
+    },
     #[error("{command} failed ({status}):\n{output}")]
-    Failed { command: String, status: String, output: String },
+    Failed {
+        command: String,
+        status: String,
+        output: String,
+    },
 }
 
 fn hint(tool: &str) -> String {
@@ -28,7 +35,9 @@ fn hint(tool: &str) -> String {
     if pkg.is_empty() {
         "run scripts/setup.sh to install basalt's tools".to_string()
     } else {
-        format!("install the Debian package {pkg} (scripts/setup.sh installs every tool basalt needs)")
+        format!(
+            "install the Debian package {pkg} (scripts/setup.sh installs every tool basalt needs)"
+        )
     }
 }
 
@@ -40,8 +49,14 @@ pub fn run(cmd: &mut Command) -> Result<String, ToolError> {
         .stdin(Stdio::null())
         .output()
         .map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => ToolError::Missing { hint: hint(&tool), tool: tool.clone() },
-            _ => ToolError::Spawn { tool: tool.clone(), source },
+            std::io::ErrorKind::NotFound => ToolError::Missing {
+                hint: hint(&tool),
+                tool: tool.clone(),
+            },
+            _ => ToolError::Spawn {
+                tool: tool.clone(),
+                source,
+            },
         })?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -73,7 +88,10 @@ fn render(cmd: &Command) -> String {
 
 fn shell_word(a: &OsStr) -> String {
     let t = a.to_string_lossy();
-    if t.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) && !t.is_empty() {
+    if t.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+        && !t.is_empty()
+    {
         t.into_owned()
     } else {
         format!("'{}'", t.replace('\'', r"'\''"))
@@ -89,7 +107,9 @@ pub fn exists(tool: &str) -> bool {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -154,19 +154,27 @@ pub struct Board {
 pub enum BoardError {
     #[error(transparent)]
     Yaml(#[from] crate::yaml::YamlError),
-    #[error("{source_name}: board id {found} does not match the file name, which names {expected}")]
+    #[error(
+        "{source_name}: board id {found} does not match the file name, which names {expected}"
+    )]
     IdMismatch {
         source_name: String,
         found: BoardId,
         expected: String,
     },
-    #[error("{source_name}: initrd_modules is empty; the initrd could not reach the root file system")]
+    #[error(
+        "{source_name}: initrd_modules is empty; the initrd could not reach the root file system"
+    )]
     NoModules { source_name: String },
 }
 
 impl Board {
     /// Parses a board file. `expected_id` is the file's stem when read from `hardware/`.
-    pub fn parse(source_name: &str, text: &str, expected_id: Option<&str>) -> Result<Board, BoardError> {
+    pub fn parse(
+        source_name: &str,
+        text: &str,
+        expected_id: Option<&str>,
+    ) -> Result<Board, BoardError> {
         let board: Board = crate::yaml::from_str(source_name, text)?;
         if let Some(expected) = expected_id {
             if board.id.as_str() != expected {

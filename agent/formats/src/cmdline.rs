@@ -33,9 +33,9 @@ impl KernelCmdline {
                 },
                 ("basalt.init", Some(v)) => out.init = Some(v.to_string()),
                 ("basalt.debug", None) => out.debug = true,
-                (k, _) if k.starts_with("basalt.") => {
-                    out.warnings.push(format!("unknown kernel parameter {word:?}"))
-                }
+                (k, _) if k.starts_with("basalt.") => out
+                    .warnings
+                    .push(format!("unknown kernel parameter {word:?}")),
                 _ => {}
             }
         }

@@ -105,7 +105,8 @@ pub fn grown_last_lba(disk_sectors: u64, first_lba: u64, current_last_lba: u64) 
     let end_exclusive = (last_usable + 1) / ALIGN_SECTORS * ALIGN_SECTORS;
     let target = end_exclusive.checked_sub(1)?;
     // Growing by less than 1 MiB is not worth a table rewrite.
-    (target > current_last_lba && target >= first_lba && target - current_last_lba >= ALIGN_SECTORS).then_some(target)
+    (target > current_last_lba && target >= first_lba && target - current_last_lba >= ALIGN_SECTORS)
+        .then_some(target)
 }
 
 #[cfg(test)]
@@ -124,7 +125,12 @@ mod tests {
         let got: Vec<_> = l
             .partitions
             .iter()
-            .map(|p| format!("{} {} {} {}..={}", p.number, p.label, p.type_guid, p.first_lba, p.last_lba))
+            .map(|p| {
+                format!(
+                    "{} {} {} {}..={}",
+                    p.number, p.label, p.type_guid, p.first_lba, p.last_lba
+                )
+            })
             .collect();
         assert_eq!(
             got,

@@ -139,7 +139,9 @@ pub struct ImageSpec {
 pub enum SpecError {
     #[error(transparent)]
     Yaml(#[from] crate::yaml::YamlError),
-    #[error("{source_name}: spec_version {found} is not supported; this basalt reads spec_version 1")]
+    #[error(
+        "{source_name}: spec_version {found} is not supported; this basalt reads spec_version 1"
+    )]
     UnsupportedSpecVersion { source_name: String, found: u32 },
     #[error("{source_name}: {field}: {reason}")]
     Invalid {
@@ -182,13 +184,32 @@ impl ImageSpec {
         {
             return Err(invalid(
                 "name",
-                format!("{:?} must be 1-63 characters of a-z, 0-9 and '-', not starting with '-'", file.name),
+                format!(
+                    "{:?} must be 1-63 characters of a-z, 0-9 and '-', not starting with '-'",
+                    file.name
+                ),
             ));
         }
-        let version = semver::Version::parse(&file.version)
-            .map_err(|e| invalid("version", format!("{:?} is not a semantic version (such as 1.4.0): {e}", file.version)))?;
-        if file.debian.suite.is_empty() || !file.debian.suite.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(invalid("debian.suite", format!("{:?} is not a Debian suite name", file.debian.suite)));
+        let version = semver::Version::parse(&file.version).map_err(|e| {
+            invalid(
+                "version",
+                format!(
+                    "{:?} is not a semantic version (such as 1.4.0): {e}",
+                    file.version
+                ),
+            )
+        })?;
+        if file.debian.suite.is_empty()
+            || !file
+                .debian
+                .suite
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(invalid(
+                "debian.suite",
+                format!("{:?} is not a Debian suite name", file.debian.suite),
+            ));
         }
         if !(file.debian.mirror.starts_with("http://")
             || file.debian.mirror.starts_with("https://")
@@ -196,23 +217,35 @@ impl ImageSpec {
         {
             return Err(invalid(
                 "debian.mirror",
-                format!("{:?} must be an http://, https:// or file:/ URL", file.debian.mirror),
+                format!(
+                    "{:?} must be an http://, https:// or file:/ URL",
+                    file.debian.mirror
+                ),
             ));
         }
         for c in &file.debian.components {
             if c.is_empty() || !c.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
-                return Err(invalid("debian.components", format!("{c:?} is not a component name")));
+                return Err(invalid(
+                    "debian.components",
+                    format!("{c:?} is not a component name"),
+                ));
             }
         }
         for (i, p) in file.packages.iter().enumerate() {
             if !is_debian_package_name(p) {
-                return Err(invalid(&format!("packages[{i}]"), format!("{p:?} is not a Debian package name")));
+                return Err(invalid(
+                    &format!("packages[{i}]"),
+                    format!("{p:?} is not a Debian package name"),
+                ));
             }
         }
         let mut overlays = Vec::new();
         for (i, o) in file.overlays.iter().enumerate() {
             if o.is_empty() {
-                return Err(invalid(&format!("overlays[{i}]"), "empty overlay".to_string()));
+                return Err(invalid(
+                    &format!("overlays[{i}]"),
+                    "empty overlay".to_string(),
+                ));
             }
             overlays.push(if o.contains('/') || o.starts_with('.') {
                 OverlayRef::Path(o.clone())
@@ -231,15 +264,24 @@ impl ImageSpec {
             ("sizes.data", sizes.data, MIN_DATA),
         ] {
             if size.bytes() < min {
-                return Err(invalid(field, format!("{size} is below the minimum of {}", ByteSize(min))));
+                return Err(invalid(
+                    field,
+                    format!("{size} is below the minimum of {}", ByteSize(min)),
+                ));
             }
             if size.bytes() % MIB != 0 {
-                return Err(invalid(field, format!("{size} is not a whole number of MiB")));
+                return Err(invalid(
+                    field,
+                    format!("{size} is not a whole number of MiB"),
+                ));
             }
         }
         for (i, p) in file.kernel_cmdline.iter().enumerate() {
             if p.is_empty() || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(invalid(&format!("kernel_cmdline[{i}]"), format!("{p:?} must be one word")));
+                return Err(invalid(
+                    &format!("kernel_cmdline[{i}]"),
+                    format!("{p:?} must be one word"),
+                ));
             }
         }
         Ok(ImageSpec {
@@ -262,7 +304,9 @@ impl ImageSpec {
 /// characters; starting with an alphanumeric.
 pub fn is_debian_package_name(s: &str) -> bool {
     s.len() >= 2
-        && s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
 }
@@ -312,7 +356,10 @@ sizes:
     fn unknown_key_has_position() {
         let text = GOOD.replace("packages:", "pakages:");
         let e = err(&text);
-        assert!(e.starts_with("bad.yaml:8:1: unknown field `pakages`"), "{e}");
+        assert!(
+            e.starts_with("bad.yaml:8:1: unknown field `pakages`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -320,9 +367,13 @@ sizes:
         assert!(err(&GOOD.replace("1.2.3", "one")).contains("bad.yaml: version: \"one\""));
         assert!(err(&GOOD.replace("name: demo", "name: Demo")).contains("name:"));
         assert!(err(&GOOD.replace("libc6", "Libc6")).contains("packages[1]"));
-        assert!(err(&GOOD.replace("slot: 512MiB", "slot: 1MiB")).contains("sizes.slot: 1MiB is below"));
+        assert!(
+            err(&GOOD.replace("slot: 512MiB", "slot: 1MiB")).contains("sizes.slot: 1MiB is below")
+        );
         assert!(err(&GOOD.replace("http://deb", "ftp://deb")).contains("debian.mirror"));
         assert!(err(&GOOD.replace("spec_version: 1", "spec_version: 7")).contains("spec_version 7"));
-        assert!(err(&GOOD.replace("type: erofs", "type: btrfs")).contains("unknown variant `btrfs`"));
+        assert!(
+            err(&GOOD.replace("type: erofs", "type: btrfs")).contains("unknown variant `btrfs`")
+        );
     }
 }

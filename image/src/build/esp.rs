@@ -13,7 +13,10 @@ pub const BOOT_TRIES: u32 = 3;
 #[derive(Debug, thiserror::Error)]
 pub enum EspError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the ESP ({size} bytes) is too small for its {needed} bytes of files; raise sizes.esp in the spec")]
     TooSmall { size: u64, needed: u64 },
 }
@@ -100,28 +103,59 @@ pub fn fat_time(epoch: u64) -> fatfs::DateTime {
 
 /// Writes the ESP image of `size` bytes to `out`, every file dated `epoch`.
 #[allow(clippy::too_many_arguments)]
-pub fn write(out: &Path, size: u64, arch: Arch, systemd_boot: &[u8], slots: &[SlotBoot], volume_id: u32, epoch: u64) -> Result<(), EspError> {
-    let io = |source| EspError::Io { path: out.to_path_buf(), source };
-    let needed: u64 = systemd_boot.len() as u64 * 2 + slots.iter().map(|s| (s.kernel.len() + s.initrd.len()) as u64).sum::<u64>();
+pub fn write(
+    out: &Path,
+    size: u64,
+    arch: Arch,
+    systemd_boot: &[u8],
+    slots: &[SlotBoot],
+    volume_id: u32,
+    epoch: u64,
+) -> Result<(), EspError> {
+    let io = |source| EspError::Io {
+        path: out.to_path_buf(),
+        source,
+    };
+    let needed: u64 = systemd_boot.len() as u64 * 2
+        + slots
+            .iter()
+            .map(|s| (s.kernel.len() + s.initrd.len()) as u64)
+            .sum::<u64>();
     // FAT tables and directories need room too.
     if needed + size / 16 > size {
         return Err(EspError::TooSmall { size, needed });
     }
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(out).map_err(io)?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out)
+        .map_err(io)?;
     f.set_len(size).map_err(io)?;
     fatfs::format_volume(
         &mut f,
-        fatfs::FormatVolumeOptions::new().volume_id(volume_id).volume_label(*b"ESP        "),
+        fatfs::FormatVolumeOptions::new()
+            .volume_id(volume_id)
+            .volume_label(*b"ESP        "),
     )
     .map_err(io)?;
     f.rewind().map_err(io)?;
     {
         let time: &'static FixedTime = Box::leak(Box::new(FixedTime(fat_time(epoch))));
-        let fs = fatfs::FileSystem::new(&mut f, fatfs::FsOptions::new().time_provider(time)).map_err(io)?;
+        let fs = fatfs::FileSystem::new(&mut f, fatfs::FsOptions::new().time_provider(time))
+            .map_err(io)?;
         let root = fs.root_dir();
         let boot_name = format!("BOOT{}.EFI", arch.efi_suffix().to_uppercase());
         let sd_name = format!("systemd-boot{}.efi", arch.efi_suffix());
-        for d in ["EFI", "EFI/BOOT", "EFI/systemd", "loader", "loader/entries", "basalt"] {
+        for d in [
+            "EFI",
+            "EFI/BOOT",
+            "EFI/systemd",
+            "loader",
+            "loader/entries",
+            "basalt",
+        ] {
             root.create_dir(d).map_err(io)?;
         }
         let put = |path: &str, bytes: &[u8]| -> std::io::Result<()> {
@@ -138,7 +172,10 @@ pub fn write(out: &Path, size: u64, arch: Arch, systemd_boot: &[u8], slots: &[Sl
             put(&format!("basalt/{}/vmlinuz", s.slot), &s.kernel).map_err(io)?;
             put(&format!("basalt/{}/initrd", s.slot), &s.initrd).map_err(io)?;
             put(
-                &format!("loader/entries/{}", entry_file_name(s.slot, Some(BOOT_TRIES))),
+                &format!(
+                    "loader/entries/{}",
+                    entry_file_name(s.slot, Some(BOOT_TRIES))
+                ),
                 entry_text(s).as_bytes(),
             )
             .map_err(io)?;
@@ -181,16 +218,45 @@ mod tests {
         let slots = [slot(Slot::A, "1.0.0"), slot(Slot::B, "1.0.0~spare")];
         let a = dir.path().join("a.img");
         let b = dir.path().join("b.img");
-        write(&a, 64 << 20, Arch::Amd64, b"MZ-efi", &slots, 7, 1_700_000_000).unwrap();
-        write(&b, 64 << 20, Arch::Amd64, b"MZ-efi", &slots, 7, 1_700_000_000).unwrap();
+        write(
+            &a,
+            64 << 20,
+            Arch::Amd64,
+            b"MZ-efi",
+            &slots,
+            7,
+            1_700_000_000,
+        )
+        .unwrap();
+        write(
+            &b,
+            64 << 20,
+            Arch::Amd64,
+            b"MZ-efi",
+            &slots,
+            7,
+            1_700_000_000,
+        )
+        .unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         let mut f = std::fs::File::open(&a).unwrap();
         let fs = fatfs::FileSystem::new(&mut f, fatfs::FsOptions::new()).unwrap();
-        let mut names: Vec<String> = fs.root_dir().open_dir("loader/entries").unwrap().iter().map(|e| e.unwrap().file_name()).filter(|n| !n.starts_with('.')).collect();
+        let mut names: Vec<String> = fs
+            .root_dir()
+            .open_dir("loader/entries")
+            .unwrap()
+            .iter()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
         names.sort();
         assert_eq!(names, vec!["basalt-a+3.conf", "basalt-b+3.conf"]);
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut fs.root_dir().open_file("EFI/BOOT/BOOTX64.EFI").unwrap(), &mut text).unwrap();
+        std::io::Read::read_to_string(
+            &mut fs.root_dir().open_file("EFI/BOOT/BOOTX64.EFI").unwrap(),
+            &mut text,
+        )
+        .unwrap();
         assert_eq!(text, "MZ-efi");
     }
 
@@ -210,7 +276,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = slot(Slot::A, "1");
         s.kernel = vec![0; 70 << 20];
-        let e = write(&dir.path().join("x"), 64 << 20, Arch::Amd64, b"x", &[s], 1, 0).unwrap_err();
+        let e = write(
+            &dir.path().join("x"),
+            64 << 20,
+            Arch::Amd64,
+            b"x",
+            &[s],
+            1,
+            0,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("raise sizes.esp"), "{e}");
     }
 }

@@ -8,7 +8,13 @@ use std::process::Command;
 use uuid::Uuid;
 
 /// Makes the root file system image of `dir` at `out`.
-pub fn root_image(fs: RootfsType, dir: &Path, out: &Path, epoch: u64, uuid: Uuid) -> Result<(), ToolError> {
+pub fn root_image(
+    fs: RootfsType,
+    dir: &Path,
+    out: &Path,
+    epoch: u64,
+    uuid: Uuid,
+) -> Result<(), ToolError> {
     let _ = std::fs::remove_file(out);
     let e = epoch.to_string();
     match fs {
@@ -16,7 +22,15 @@ pub fn root_image(fs: RootfsType, dir: &Path, out: &Path, epoch: u64, uuid: Uuid
             Command::new("mksquashfs")
                 .arg(dir)
                 .arg(out)
-                .args(["-noappend", "-comp", "zstd", "-b", "256K", "-no-progress", "-quiet"])
+                .args([
+                    "-noappend",
+                    "-comp",
+                    "zstd",
+                    "-b",
+                    "256K",
+                    "-no-progress",
+                    "-quiet",
+                ])
                 .args(["-mkfs-time", &e, "-all-time", &e]),
         ),
         RootfsType::Erofs => tools::run(
@@ -32,8 +46,18 @@ pub fn root_image(fs: RootfsType, dir: &Path, out: &Path, epoch: u64, uuid: Uuid
 }
 
 /// Makes an ext4 image of `size` bytes at `out` holding the tree `dir`.
-/// Block size is fixed at 4 KiB and room is reserved to grow online to 16 TiB.
-pub fn ext4_image(dir: &Path, out: &Path, size: u64, label: &str, epoch: u64, uuid: Uuid) -> Result<(), ToolError> {
+/// Block size is fixed at 4 KiB. The default reserved GDT blocks let the
+/// kernel grow it online 1024-fold; past that it converts to meta_bg by
+/// itself. (A large `resize=` reservation would make each online-resize
+/// transaction larger than a small file system's journal: ENOSPC.)
+pub fn ext4_image(
+    dir: &Path,
+    out: &Path,
+    size: u64,
+    label: &str,
+    epoch: u64,
+    uuid: Uuid,
+) -> Result<(), ToolError> {
     let _ = std::fs::remove_file(out);
     let blocks = size / 4096;
     tools::run(
@@ -44,7 +68,9 @@ pub fn ext4_image(dir: &Path, out: &Path, size: u64, label: &str, epoch: u64, uu
             .arg("-U")
             .arg(uuid.to_string())
             .arg("-E")
-            .arg(format!("hash_seed={uuid},root_owner=0:0,lazy_itable_init=0,resize=4294967295"))
+            .arg(format!(
+                "hash_seed={uuid},root_owner=0:0,lazy_itable_init=0"
+            ))
             .arg("-d")
             .arg(dir)
             .arg(out)

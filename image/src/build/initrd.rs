@@ -13,27 +13,45 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum InitrdError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not an ELF file: {reason}")]
     NotElf { path: PathBuf, reason: String },
     #[error("{path} is built for {found}, but the board needs {arch}; build the agent with `cargo build --release -p basalt-agent --target {target}`")]
-    WrongArch { path: PathBuf, found: String, arch: String, target: String },
+    WrongArch {
+        path: PathBuf,
+        found: String,
+        arch: String,
+        target: String,
+    },
     #[error("library {lib} (needed by {by}) is not in the root file system")]
     MissingLibrary { lib: String, by: String },
-    #[error("kernel {kver} has no module {module} and does not build it in (board file initrd_modules)")]
+    #[error(
+        "kernel {kver} has no module {module} and does not build it in (board file initrd_modules)"
+    )]
     MissingModule { kver: String, module: String },
     #[error("{path}: symbolic link loop")]
     LinkLoop { path: PathBuf },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitrdError + '_ {
-    move |source| InitrdError::Io { path: path.to_path_buf(), source }
+    move |source| InitrdError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Resolves `path` (absolute, as seen inside `root`) to a real file under
 /// `root`, following symbolic links the way they resolve on the device.
 pub fn resolve_in_root(root: &Path, path: &str) -> Result<PathBuf, InitrdError> {
-    let mut pending: Vec<String> = path.split('/').filter(|c| !c.is_empty()).rev().map(String::from).collect();
+    let mut pending: Vec<String> = path
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .rev()
+        .map(String::from)
+        .collect();
     let mut cur: Vec<String> = Vec::new();
     let mut hops = 0;
     while let Some(comp) = pending.pop() {
@@ -57,7 +75,12 @@ pub fn resolve_in_root(root: &Path, path: &str) -> Result<PathBuf, InitrdError> 
             if t.starts_with('/') {
                 cur.clear();
             }
-            pending.extend(t.split('/').filter(|c| !c.is_empty()).rev().map(String::from));
+            pending.extend(
+                t.split('/')
+                    .filter(|c| !c.is_empty())
+                    .rev()
+                    .map(String::from),
+            );
         }
     }
     Ok(root.join(cur.join("/")))
@@ -82,7 +105,10 @@ fn elf_needs(path: &Path, arch: Arch) -> Result<(Option<String>, Vec<String>), I
             target: arch.rust_target().to_string(),
         });
     }
-    Ok((elf.interpreter.map(String::from), elf.libraries.iter().map(|s| s.to_string()).collect()))
+    Ok((
+        elf.interpreter.map(String::from),
+        elf.libraries.iter().map(|s| s.to_string()).collect(),
+    ))
 }
 
 /// Checks that `agent` is an ELF executable for `arch`.
@@ -91,7 +117,11 @@ pub fn check_agent(agent: &Path, arch: Arch) -> Result<(), InitrdError> {
 }
 
 /// The files an ELF program needs, as (path in initrd, path on the build host).
-fn elf_closure(root: &Path, arch: Arch, program: &Path) -> Result<BTreeMap<String, PathBuf>, InitrdError> {
+fn elf_closure(
+    root: &Path,
+    arch: Arch,
+    program: &Path,
+) -> Result<BTreeMap<String, PathBuf>, InitrdError> {
     let libdirs = [
         format!("/lib/{}", arch.multiarch()),
         format!("/usr/lib/{}", arch.multiarch()),
@@ -103,12 +133,15 @@ fn elf_closure(root: &Path, arch: Arch, program: &Path) -> Result<BTreeMap<Strin
     while let Some((file, name)) = queue.pop() {
         let (interp, libs) = elf_needs(&file, arch)?;
         if let Some(i) = interp {
-            if !out.contains_key(&i) {
-                let host = resolve_in_root(root, &i)?;
+            if let std::collections::btree_map::Entry::Vacant(slot) = out.entry(i) {
+                let host = resolve_in_root(root, slot.key())?;
                 if !host.is_file() {
-                    return Err(InitrdError::MissingLibrary { lib: i, by: name.clone() });
+                    return Err(InitrdError::MissingLibrary {
+                        lib: slot.key().clone(),
+                        by: name.clone(),
+                    });
                 }
-                out.insert(i, host);
+                slot.insert(host);
             }
         }
         for lib in libs {
@@ -120,7 +153,10 @@ fn elf_closure(root: &Path, arch: Arch, program: &Path) -> Result<BTreeMap<Strin
                 .iter()
                 .map(|d| resolve_in_root(root, &format!("{d}/{lib}")))
                 .find(|p| p.as_ref().is_ok_and(|p| p.is_file()))
-                .ok_or_else(|| InitrdError::MissingLibrary { lib: lib.clone(), by: name.clone() })??;
+                .ok_or_else(|| InitrdError::MissingLibrary {
+                    lib: lib.clone(),
+                    by: name.clone(),
+                })??;
             out.insert(in_initrd, host.clone());
             queue.push((host, lib));
         }
@@ -175,7 +211,9 @@ impl ModuleIndex {
         for line in alias.lines() {
             let mut w = line.split_whitespace();
             if let (Some("alias"), Some(a), Some(m)) = (w.next(), w.next(), w.next()) {
-                idx.aliases.entry(a.to_string()).or_insert_with(|| m.replace('-', "_"));
+                idx.aliases
+                    .entry(a.to_string())
+                    .or_insert_with(|| m.replace('-', "_"));
             }
         }
         idx.builtin = builtin.lines().map(module_name).collect();
@@ -187,7 +225,9 @@ impl ModuleIndex {
             let p = modules_dir.join(name);
             match std::fs::read_to_string(&p) {
                 Ok(s) => Ok(s),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && name != "modules.dep" => Ok(String::new()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && name != "modules.dep" => {
+                    Ok(String::new())
+                }
                 Err(e) => Err(InitrdError::Io { path: p, source: e }),
             }
         };
@@ -211,7 +251,10 @@ impl ModuleIndex {
             } else if let Some(a) = self.aliases.get(&name) {
                 a.clone()
             } else {
-                return Err(InitrdError::MissingModule { kver: kver.to_string(), module: w.clone() });
+                return Err(InitrdError::MissingModule {
+                    kver: kver.to_string(),
+                    module: w.clone(),
+                });
             };
             self.visit(&name, &mut seen, &mut order);
         }
@@ -223,7 +266,11 @@ impl ModuleIndex {
             return;
         }
         for pre in self.softdeps.get(name).into_iter().flatten() {
-            let pre = self.aliases.get(pre).cloned().unwrap_or_else(|| pre.clone());
+            let pre = self
+                .aliases
+                .get(pre)
+                .cloned()
+                .unwrap_or_else(|| pre.clone());
             if self.modules.contains_key(&pre) {
                 self.visit(&pre, seen, order);
             }
@@ -262,20 +309,28 @@ pub fn build(inputs: InitrdInputs<'_>) -> Result<(Vec<u8>, InitrdConfig), Initrd
 
     // path in initrd → content source
     let mut files: BTreeMap<String, Source> = BTreeMap::new();
-    files.insert("/usr/bin/basalt-agent".into(), Source::Host(inputs.agent.to_path_buf(), 0o755));
+    files.insert(
+        "/usr/bin/basalt-agent".into(),
+        Source::Host(inputs.agent.to_path_buf(), 0o755),
+    );
     for (dst, src) in elf_closure(inputs.root, inputs.arch, inputs.agent)? {
         files.insert(dst, Source::Host(src, 0o755));
     }
     for m in &config.modules {
-        files.insert(m.clone(), Source::Host(inputs.root.join(m.trim_start_matches('/')), 0o644));
+        files.insert(
+            m.clone(),
+            Source::Host(inputs.root.join(m.trim_start_matches('/')), 0o644),
+        );
     }
     let json = serde_json::to_vec_pretty(&config).expect("config serialises");
     files.insert(INITRD_CONFIG_PATH.into(), Source::Bytes(json, 0o644));
 
-    let mut dirs: BTreeSet<String> = ["/dev", "/proc", "/sys", "/run", "/sysroot", "/usr/bin", "/etc"]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let mut dirs: BTreeSet<String> = [
+        "/dev", "/proc", "/sys", "/run", "/sysroot", "/usr/bin", "/etc",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
     for f in files.keys() {
         let mut p = Path::new(f).parent();
         while let Some(d) = p {
@@ -290,10 +345,19 @@ pub fn build(inputs: InitrdInputs<'_>) -> Result<(Vec<u8>, InitrdConfig), Initrd
     let mut ino = 1u32;
     let mut entry = |name: &str, mode: u32| {
         ino += 1;
-        cpio::newc::Builder::new(name.trim_start_matches('/')).ino(ino).mode(mode).uid(0).gid(0).nlink(1).mtime(mtime)
+        cpio::newc::Builder::new(name.trim_start_matches('/'))
+            .ino(ino)
+            .mode(mode)
+            .uid(0)
+            .gid(0)
+            .nlink(1)
+            .mtime(mtime)
     };
     for d in &dirs {
-        entry(d, 0o040755).write(&mut cpio, 0).finish().map_err(io(Path::new(d)))?;
+        entry(d, 0o040755)
+            .write(&mut cpio, 0)
+            .finish()
+            .map_err(io(Path::new(d)))?;
     }
     // The console, so PID 1 has somewhere to write before /dev is mounted.
     entry("/dev/console", 0o020600)
@@ -345,7 +409,12 @@ kernel/drivers/virtio/virtio_ring.ko:\nkernel/drivers/virtio/virtio.ko: kernel/d
 
     #[test]
     fn dependencies_come_first() {
-        let order = index().load_order("6.1", &["virtio_blk".into(), "ext4".into(), "squashfs".into()]).unwrap();
+        let order = index()
+            .load_order(
+                "6.1",
+                &["virtio_blk".into(), "ext4".into(), "squashfs".into()],
+            )
+            .unwrap();
         assert_eq!(
             order,
             vec![
@@ -364,7 +433,10 @@ kernel/drivers/virtio/virtio_ring.ko:\nkernel/drivers/virtio/virtio.ko: kernel/d
     #[test]
     fn unknown_module_is_named() {
         let e = index().load_order("6.1", &["nvmf".into()]).unwrap_err();
-        assert_eq!(e.to_string(), "kernel 6.1 has no module nvmf and does not build it in (board file initrd_modules)");
+        assert_eq!(
+            e.to_string(),
+            "kernel 6.1 has no module nvmf and does not build it in (board file initrd_modules)"
+        );
     }
 
     #[test]
@@ -372,11 +444,18 @@ kernel/drivers/virtio/virtio_ring.ko:\nkernel/drivers/virtio/virtio.ko: kernel/d
         let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
         std::fs::create_dir_all(r.join("usr/lib/x86_64-linux-gnu")).unwrap();
-        std::fs::write(r.join("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"), b"x").unwrap();
+        std::fs::write(
+            r.join("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
+            b"x",
+        )
+        .unwrap();
         std::os::unix::fs::symlink("usr/lib64", r.join("lib64")).unwrap();
         std::fs::create_dir_all(r.join("usr/lib64")).unwrap();
-        std::os::unix::fs::symlink("/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", r.join("usr/lib64/ld-linux-x86-64.so.2"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            r.join("usr/lib64/ld-linux-x86-64.so.2"),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("usr/lib", r.join("lib")).unwrap();
         let p = resolve_in_root(r, "/lib64/ld-linux-x86-64.so.2").unwrap();
         assert_eq!(p, r.join("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"));

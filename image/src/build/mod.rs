@@ -70,16 +70,23 @@ pub fn default_cache_dir() -> PathBuf {
 /// package snapshot is pinned to: a fixed value so two builds agree.
 pub fn source_date_epoch() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a whole number of seconds")),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a whole number of seconds")),
         Err(_) => Ok(1_700_000_000),
     }
 }
 
 pub fn load_spec(source: &SpecSource) -> Result<ImageSpec> {
     match source {
-        SpecSource::Builtin => Ok(ImageSpec::parse(assets::DEFAULT_SPEC_NAME, assets::DEFAULT_SPEC)?),
+        SpecSource::Builtin => Ok(ImageSpec::parse(
+            assets::DEFAULT_SPEC_NAME,
+            assets::DEFAULT_SPEC,
+        )?),
         SpecSource::File(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading image spec {}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading image spec {}", p.display()))?;
             Ok(ImageSpec::parse(&p.display().to_string(), &text)?)
         }
     }
@@ -113,7 +120,11 @@ pub fn find_agent(arch: Arch, explicit: Option<&Path>) -> Result<PathBuf> {
             candidates.push(d.join("basalt-agent"));
         }
     }
-    candidates.push(PathBuf::from("/usr/lib/basalt").join(arch.rust_target()).join("basalt-agent"));
+    candidates.push(
+        PathBuf::from("/usr/lib/basalt")
+            .join(arch.rust_target())
+            .join("basalt-agent"),
+    );
     candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
         anyhow::anyhow!(
             "no basalt-agent for {} found; build it with `cargo build --release -p basalt-agent --target {}`, or pass --agent PATH (or set {var})",
@@ -124,7 +135,10 @@ pub fn find_agent(arch: Arch, explicit: Option<&Path>) -> Result<PathBuf> {
 }
 
 fn guid(spec: &ImageSpec, board: BoardId, what: &str) -> Uuid {
-    Uuid::new_v5(&GUID_NAMESPACE, format!("{}/{}/{board}/{what}", spec.name, spec.version).as_bytes())
+    Uuid::new_v5(
+        &GUID_NAMESPACE,
+        format!("{}/{}/{board}/{what}", spec.name, spec.version).as_bytes(),
+    )
 }
 
 /// File name stem of the artifacts: `<name>-<version>-<board>`.
@@ -132,8 +146,18 @@ pub fn artifact_stem(spec: &ImageSpec, board: BoardId) -> String {
     format!("{}-{}-{board}", spec.name, spec.version)
 }
 
-/// Builds the image. Returns the build record (also written as JSON beside the artifacts).
-pub fn build(opts: &BuildOptions) -> Result<BuildRecord> {
+/// What a build made and how.
+#[derive(Debug, Clone)]
+pub struct BuildOutcome {
+    /// Also written as `<stem>.json` beside the artifacts.
+    pub record: BuildRecord,
+    /// The root file system came from the cache (mmdebstrap did not run).
+    pub rootfs_from_cache: bool,
+    pub seconds: f64,
+}
+
+/// Builds the image.
+pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
     let spec = load_spec(&opts.spec)?;
     let board_id = opts.board.or(spec.board).unwrap_or(BoardId::X86_64Uefi);
     let board = assets::board(board_id)?;
@@ -142,7 +166,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildRecord> {
     initrd::check_agent(&agent, arch)?;
     let epoch = opts.source_date_epoch;
     let stem = artifact_stem(&spec, board_id);
-    std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
+    std::fs::create_dir_all(&opts.out_dir)
+        .with_context(|| format!("creating {}", opts.out_dir.display()))?;
     let work = opts.out_dir.join(format!(".work-{stem}"));
     if work.exists() {
         std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
@@ -152,7 +177,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildRecord> {
     let mut progress = Progress::new(8);
 
     // 1. Root file system.
-    let mut packages: Vec<String> = spec.packages.iter().chain(&board.packages).cloned().collect();
+    let mut packages: Vec<String> = spec
+        .packages
+        .iter()
+        .chain(&board.packages)
+        .cloned()
+        .collect();
     packages.push(board.kernel_package.clone());
     packages.sort();
     packages.dedup();
@@ -164,7 +194,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildRecord> {
         packages,
         source_date_epoch: epoch,
     };
-    let step = progress.step(&format!("root file system ({} {}, {} packages)", spec.suite, arch.debian(), req.packages.len()));
+    let step = progress.step(&format!(
+        "root file system ({} {}, {} packages)",
+        spec.suite,
+        arch.debian(),
+        req.packages.len()
+    ));
     let (tar, cached) = rootfs::obtain(&req, &opts.cache_dir, opts.no_cache)?;
     step.done(if cached { "cached" } else { "mmdebstrap" });
 
@@ -174,9 +209,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildRecord> {
     let installed = rootfs::installed_packages(&root)?;
     let (kernel_path, kver) = rootfs::find_kernel(&root, &board.kernel_package)?;
     let kernel = read_kernel(&kernel_path)?;
-    let systemd_boot_path = root.join(format!("usr/lib/systemd/boot/efi/systemd-boot{}.efi", arch.efi_suffix()));
+    let systemd_boot_path = root.join(format!(
+        "usr/lib/systemd/boot/efi/systemd-boot{}.efi",
+        arch.efi_suffix()
+    ));
     let systemd_boot = std::fs::read(&systemd_boot_path).with_context(|| {
-        format!("reading {} (is systemd-boot-efi in the board's packages?)", systemd_boot_path.display())
+        format!(
+            "reading {} (is systemd-boot-efi in the board's packages?)",
+            systemd_boot_path.display()
+        )
     })?;
     let release = Release {
         name: spec.name.clone(),
@@ -205,7 +246,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildRecord> {
         },
         mtime: epoch,
     })?;
-    step.done(&format!("{} modules, {} KiB", initrd_config.modules.len(), initrd_bytes.len() / 1024));
+    step.done(&format!(
+        "{} modules, {} KiB",
+        initrd_config.modules.len(),
+        initrd_bytes.len() / 1024
+    ));
 
     // 3. Data partition: /var as shipped, and the places the initrd mounts.
     let step = progress.step("data partition (ext4)");
@@ -216,14 +261,27 @@ pub fn build(opts: &BuildOptions) -> Result<BuildRecord> {
     tools_copy_tree(&root.join("var"), &data_dir.join("var"))?;
     clamp_mtimes(&data_dir, epoch)?;
     let data_img = work.join("data.img");
-    fsimage::ext4_image(&data_dir, &data_img, spec.sizes.data.bytes(), "data", epoch, guid(&spec, board_id, "data-fs"))?;
+    fsimage::ext4_image(
+        &data_dir,
+        &data_img,
+        spec.sizes.data.bytes(),
+        "data",
+        epoch,
+        guid(&spec, board_id, "data-fs"),
+    )?;
     step.done(&format!("{}", spec.sizes.data));
 
     // 4. Root slot image.
     let step = progress.step(&format!("root slot image ({})", spec.rootfs_type));
     clamp_mtimes(&root, epoch)?;
     let root_img = work.join("root.img");
-    fsimage::root_image(spec.rootfs_type, &root, &root_img, epoch, guid(&spec, board_id, "root-fs"))?;
+    fsimage::root_image(
+        spec.rootfs_type,
+        &root,
+        &root_img,
+        epoch,
+        guid(&spec, board_id, "root-fs"),
+    )?;
     let rootfs_size = std::fs::metadata(&root_img)?.len();
     if rootfs_size > spec.sizes.slot.bytes() {
         bail!(
@@ -232,7 +290,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildRecord> {
             spec.sizes.slot
         );
     }
-    step.done(&format!("{} MiB of {}", rootfs_size.div_ceil(1 << 20), spec.sizes.slot));
+    step.done(&format!(
+        "{} MiB of {}",
+        rootfs_size.div_ceil(1 << 20),
+        spec.sizes.slot
+    ));
 
     // 5. ESP.
     let step = progress.step("EFI system partition");
@@ -254,15 +316,31 @@ pub fn build(opts: &BuildOptions) -> Result<BuildRecord> {
         })
         .collect();
     let esp_img = work.join("esp.img");
-    let vol_id = u32::from_le_bytes(guid(&spec, board_id, "esp-fs").as_bytes()[..4].try_into().expect("4 bytes"));
-    esp::write(&esp_img, spec.sizes.esp.bytes(), arch, &systemd_boot, &slots, vol_id, epoch)?;
+    let vol_id = u32::from_le_bytes(
+        guid(&spec, board_id, "esp-fs").as_bytes()[..4]
+            .try_into()
+            .expect("4 bytes"),
+    );
+    esp::write(
+        &esp_img,
+        spec.sizes.esp.bytes(),
+        arch,
+        &systemd_boot,
+        &slots,
+        vol_id,
+        epoch,
+    )?;
     step.done("systemd-boot, 2 slots");
 
     // 6. Disk.
     let step = progress.step("disk image");
     let layout = DiskLayout::uefi(arch, &spec.sizes);
     let img = opts.out_dir.join(format!("{stem}.img"));
-    let part_guids: Vec<Uuid> = layout.partitions.iter().map(|p| guid(&spec, board_id, &format!("part-{}", p.label))).collect();
+    let part_guids: Vec<Uuid> = layout
+        .partitions
+        .iter()
+        .map(|p| guid(&spec, board_id, &format!("part-{}", p.label)))
+        .collect();
     let mut f = disk::create(&img, &layout, guid(&spec, board_id, "disk"), &part_guids)?;
     disk::write_partition(&mut f, &img, &layout, "esp", "sizes.esp", &esp_img)?;
     disk::write_partition(&mut f, &img, &layout, "root-a", "sizes.slot", &root_img)?;
@@ -279,13 +357,22 @@ pub fn build(opts: &BuildOptions) -> Result<BuildRecord> {
     compress_zstd(&img, &zst, |n| step.inc(n))?;
     let qcow2 = opts.out_dir.join(format!("{stem}.qcow2"));
     let _ = std::fs::remove_file(&qcow2);
-    crate::tools::run(Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(&img).arg(&qcow2))?;
+    crate::tools::run(
+        Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+            .arg(&img)
+            .arg(&qcow2),
+    )?;
     step.done("");
 
     let mut artifacts = Vec::new();
     for p in [&img, &zst, &qcow2] {
         artifacts.push(Artifact {
-            file: p.file_name().expect("file name").to_string_lossy().into_owned(),
+            file: p
+                .file_name()
+                .expect("file name")
+                .to_string_lossy()
+                .into_owned(),
             size: std::fs::metadata(p)?.len(),
             sha256: sha256_file(p)?,
         });
@@ -313,8 +400,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildRecord> {
     std::fs::write(&record_path, json)
         .with_context(|| format!("writing {}", record_path.display()))?;
     std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
-    eprintln!("built {} in {:.0} s", img.display(), progress.elapsed().as_secs_f64());
-    Ok(record)
+    let seconds = progress.elapsed().as_secs_f64();
+    eprintln!("built {} in {seconds:.0} s", img.display());
+    Ok(BuildOutcome {
+        record,
+        rootfs_from_cache: cached,
+        seconds,
+    })
 }
 
 /// Reads the kernel. Debian's arm64 `vmlinuz` is a gzip-compressed `Image`,
@@ -333,7 +425,13 @@ fn read_kernel(path: &Path) -> Result<Vec<u8>> {
 
 /// Lays overlays, the agent, its unit and the release file on the unpacked
 /// root file system, and prepares it for an immutable, shared-by-all-devices root.
-fn customise(root: &Path, spec: &ImageSpec, source: &SpecSource, agent: &Path, release: &Release) -> Result<()> {
+fn customise(
+    root: &Path,
+    spec: &ImageSpec,
+    source: &SpecSource,
+    agent: &Path,
+    release: &Release,
+) -> Result<()> {
     for o in &spec.overlays {
         match o {
             OverlayRef::Builtin(name) => {
@@ -356,7 +454,8 @@ fn customise(root: &Path, spec: &ImageSpec, source: &SpecSource, agent: &Path, r
         }
     }
     let bin = root.join("usr/bin/basalt-agent");
-    std::fs::copy(agent, &bin).with_context(|| format!("installing {} as {}", agent.display(), bin.display()))?;
+    std::fs::copy(agent, &bin)
+        .with_context(|| format!("installing {} as {}", agent.display(), bin.display()))?;
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
     let rel = root.join(RELEASE_PATH.trim_start_matches('/'));
     std::fs::create_dir_all(rel.parent().expect("has parent"))?;
@@ -367,7 +466,10 @@ fn customise(root: &Path, spec: &ImageSpec, source: &SpecSource, agent: &Path, r
     std::fs::write(root.join("etc/machine-id"), b"")?;
     let _ = std::fs::remove_file(root.join("var/lib/dbus/machine-id"));
     std::fs::write(root.join("etc/hostname"), b"basalt\n")?;
-    std::fs::write(root.join("etc/fstab"), b"# basalt: the initrd mounts / (read-only slot), /data, /etc, /var and /home.\n")?;
+    std::fs::write(
+        root.join("etc/fstab"),
+        b"# basalt: the initrd mounts / (read-only slot), /data, /etc, /var and /home.\n",
+    )?;
     // Mount points: the data partition, and /efi for systemd's automatic ESP mount.
     for d in ["data", "efi"] {
         std::fs::create_dir_all(root.join(d))?;
@@ -375,7 +477,8 @@ fn customise(root: &Path, spec: &ImageSpec, source: &SpecSource, agent: &Path, r
     // The kernel and initrd live on the ESP, not in the slot.
     for e in std::fs::read_dir(root.join("boot"))?.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with("vmlinuz-") || n.starts_with("initrd.img-") || n.starts_with("System.map-") {
+        if n.starts_with("vmlinuz-") || n.starts_with("initrd.img-") || n.starts_with("System.map-")
+        {
             std::fs::remove_file(e.path())?;
         }
     }
@@ -386,7 +489,8 @@ fn customise(root: &Path, spec: &ImageSpec, source: &SpecSource, agent: &Path, r
 fn enable_units(root: &Path) -> Result<()> {
     for name in ["basalt-agent.service"] {
         let unit = root.join("usr/lib/systemd/system").join(name);
-        let text = std::fs::read_to_string(&unit).with_context(|| format!("reading {}", unit.display()))?;
+        let text = std::fs::read_to_string(&unit)
+            .with_context(|| format!("reading {}", unit.display()))?;
         for line in text.lines() {
             if let Some(targets) = line.trim().strip_prefix("WantedBy=") {
                 for t in targets.split_whitespace() {

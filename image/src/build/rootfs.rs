@@ -47,7 +47,10 @@ pub enum RootfsError {
     #[error(transparent)]
     Tool(#[from] ToolError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the root file system has no kernel in /boot (is {0} in the package list?)")]
     NoKernel(String),
     #[error("the root file system has several kernels in /boot: {0}")]
@@ -55,7 +58,10 @@ pub enum RootfsError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError + '_ {
-    move |source| RootfsError::Io { path: path.to_path_buf(), source }
+    move |source| RootfsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Shell run by mmdebstrap after the essential packages: keeps the kernel
@@ -66,7 +72,11 @@ const NO_INITRAMFS_HOOK: &str = r#"chroot "$1" dpkg-divert --quiet --local --ren
 /// Returns the cached root file system tarball for `req`, running mmdebstrap
 /// when it is missing or `rebuild` is set. Downloaded packages are kept in
 /// `cache/apt/<arch>` and reused (apt checks them against the index).
-pub fn obtain(req: &RootfsRequest, cache: &Path, rebuild: bool) -> Result<(PathBuf, bool), RootfsError> {
+pub fn obtain(
+    req: &RootfsRequest,
+    cache: &Path,
+    rebuild: bool,
+) -> Result<(PathBuf, bool), RootfsError> {
     let dir = cache.join("rootfs");
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let tar = dir.join(format!("{}-{}.tar", req.arch.debian(), req.key()));
@@ -96,8 +106,12 @@ pub fn obtain(req: &RootfsRequest, cache: &Path, rebuild: bool) -> Result<(PathB
         .arg("--skip=download/empty")
         .arg("--skip=essential/unlink")
         .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/")
-        .arg(format!("--setup-hook=sync-in {apt_s} /var/cache/apt/archives/"))
-        .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {apt_s}"))
+        .arg(format!(
+            "--setup-hook=sync-in {apt_s} /var/cache/apt/archives/"
+        ))
+        .arg(format!(
+            "--customize-hook=sync-out /var/cache/apt/archives {apt_s}"
+        ))
         .arg("--format=tar")
         .arg(&req.suite)
         .arg(&partial)
@@ -135,7 +149,11 @@ pub fn find_kernel(root: &Path, kernel_package: &str) -> Result<(PathBuf, String
         0 => Err(RootfsError::NoKernel(kernel_package.to_string())),
         1 => Ok(found.remove(0)),
         _ => Err(RootfsError::SeveralKernels(
-            found.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(", "),
+            found
+                .iter()
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         )),
     }
 }

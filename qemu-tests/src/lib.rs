@@ -1,0 +1,143 @@
+//! Shared fixtures of the QEMU tests: images built once per test run, and
+//! VMs booted from them.
+//!
+//! The tests need QEMU, OVMF/AAVMF, mmdebstrap and the agent built for each
+//! architecture (`scripts/test.sh` installs and builds all of it). Where they
+//! cannot run, they fail, naming what is missing, unless `BASALT_SKIP_QEMU=1`
+//! is set.
+
+use basalt::build::{self, BuildOptions, BuildOutcome, SpecSource};
+use basalt::qemu::{Vm, VmConfig};
+use basalt_formats::{Arch, BoardId};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// The line the agent prints when the device is up.
+pub const READY: &str = "basalt-agent: ready";
+
+/// How long a boot to the ready line may take under TCG, generously.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// True when the QEMU tests were explicitly switched off with `BASALT_SKIP_QEMU=1`.
+pub fn qemu_opted_out() -> bool {
+    std::env::var("BASALT_SKIP_QEMU").is_ok_and(|v| v == "1")
+}
+
+/// The cargo target directory these tests were built in.
+pub fn target_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    // .../target/debug/deps/boot-xxxx
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.ancestors()
+        .nth(3)
+        .expect("target directory")
+        .to_path_buf()
+}
+
+/// Where the tests keep their images and VM state.
+pub fn work_dir() -> PathBuf {
+    target_dir().join("qemu-tests")
+}
+
+/// The release agent for `arch`, which `scripts/test.sh` builds before the tests.
+pub fn agent(arch: Arch) -> PathBuf {
+    let p = target_dir()
+        .join(arch.rust_target())
+        .join("release/basalt-agent");
+    assert!(
+        p.is_file(),
+        "{} is missing: build it with `cargo build --release -p basalt-agent --target {}` (scripts/test.sh does)",
+        p.display(),
+        arch.rust_target()
+    );
+    p
+}
+
+/// A built image and what the build reported.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub outcome: BuildOutcome,
+    pub dir: PathBuf,
+    pub image: PathBuf,
+}
+
+pub fn options(board: BoardId, spec: SpecSource, out_dir: PathBuf) -> BuildOptions {
+    let arch = basalt::assets::board(board).expect("board file").arch;
+    BuildOptions {
+        spec,
+        board: Some(board),
+        out_dir,
+        cache_dir: build::default_cache_dir(),
+        no_cache: false,
+        agent: Some(agent(arch)),
+        source_date_epoch: 1_700_000_000,
+    }
+}
+
+/// Builds `opts` and returns the image path.
+pub fn build_image(opts: &BuildOptions) -> Built {
+    let outcome = build::build(opts)
+        .unwrap_or_else(|e| panic!("building {:?} for {:?}: {e:#}", opts.spec, opts.board));
+    let stem = format!(
+        "{}-{}-{}",
+        outcome.record.name, outcome.record.version, outcome.record.board
+    );
+    Built {
+        image: opts.out_dir.join(format!("{stem}.img")),
+        dir: opts.out_dir.clone(),
+        outcome,
+    }
+}
+
+/// The default appliance for `board`, built once per test run.
+pub fn default_image(board: BoardId) -> Built {
+    /// One build slot per board; a test waiting on one board does not block another.
+    type Slot = Arc<Mutex<Option<Built>>>;
+    static CACHE: OnceLock<Mutex<HashMap<BoardId, Slot>>> = OnceLock::new();
+    let slot = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .expect("lock")
+        .entry(board)
+        .or_default()
+        .clone();
+    let mut guard = slot.lock().expect("lock");
+    if let Some(b) = guard.as_ref() {
+        return b.clone();
+    }
+    let built = build_image(&options(
+        board,
+        SpecSource::Builtin,
+        work_dir().join("images").join(board.as_str()),
+    ));
+    *guard = Some(built.clone());
+    built
+}
+
+/// A VM for `image` with its state in `work_dir()/vms/<name>`.
+pub fn vm_config(board: BoardId, image: &Path, name: &str) -> VmConfig {
+    let state_dir = work_dir().join("vms").join(name);
+    let _ = std::fs::remove_dir_all(&state_dir);
+    VmConfig {
+        board: basalt::assets::board(board).expect("board file"),
+        image: image.to_path_buf(),
+        state_dir,
+        disk_size: None,
+        cpus: 2,
+        keep_state: false,
+        extra_args: Vec::new(),
+    }
+}
+
+/// Boots `cfg` and waits for the ready line, returning the VM and that line.
+pub fn boot_to_ready(cfg: &VmConfig) -> (Vm, String) {
+    let mut vm = Vm::start(cfg).unwrap_or_else(|e| panic!("starting QEMU: {e:#}"));
+    let line = vm
+        .wait_for(READY, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    (vm, line)
+}
