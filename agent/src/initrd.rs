@@ -71,10 +71,11 @@ fn run() -> anyhow::Result<Never> {
         "the kernel command line has no basalt.slot=a|b; the boot loader entry is broken",
     )?;
     knotice!(
-        "{} on {} (kernel {}), booting slot {slot}",
+        "{} on {} (kernel {}), booting slot {slot} ({})",
         config.version,
         config.board,
-        config.kernel_version
+        config.kernel_version,
+        config.rootfs_type
     );
 
     load_modules(&config.modules);

@@ -34,6 +34,8 @@ pub struct VmConfig {
 #[derive(Debug)]
 pub struct Vm {
     child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    commands: u32,
     console: Arc<(Mutex<String>, Condvar)>,
     pub log_path: PathBuf,
 }
@@ -145,11 +147,12 @@ impl Vm {
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         let mut child = command(cfg, &disk, &vars)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", cfg.board.qemu.system))?;
+        let stdin = child.stdin.take();
         let console = Arc::new((Mutex::new(String::new()), Condvar::new()));
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
@@ -187,6 +190,8 @@ impl Vm {
         });
         Ok(Vm {
             child,
+            stdin,
+            commands: 0,
             console,
             log_path,
         })
@@ -233,6 +238,71 @@ impl Vm {
             let wait = (deadline - now).min(Duration::from_millis(500));
             text = cv.wait_timeout(text, wait).expect("console lock").0;
         }
+    }
+
+    /// Types `text` on the serial console.
+    pub fn send(&mut self, text: &str) -> Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .context("the console's input is closed")?;
+        stdin
+            .write_all(text.as_bytes())
+            .context("writing to the console")?;
+        stdin.flush().context("writing to the console")?;
+        Ok(())
+    }
+
+    /// Runs a shell command on the console of an image with a logged-in
+    /// shell there (the `debug-console` overlay) and returns what it printed
+    /// and its exit status.
+    pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(i32, String)> {
+        self.commands += 1;
+        let n = self.commands;
+        let start = format!("__basalt_begin_{n}__");
+        let end = format!("__basalt_end_{n}__");
+        let before = self.console().len();
+        // The markers are split in the typed text so the echo of the command line never matches.
+        self.send(&format!(
+            "echo __basalt_begin_{n}''__; {command}; echo __basalt_end_{n}''__ $?\n"
+        ))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.console();
+            let new = &text[before.min(text.len())..];
+            if let (Some(b), Some(e)) = (new.find(&format!("{start}\n")), new.rfind(&end)) {
+                if e > b {
+                    let out = &new[b + start.len() + 1..e];
+                    let status_text: String = new[e + end.len()..]
+                        .chars()
+                        .skip(1)
+                        .take_while(|c| c.is_ascii_digit())
+                        .collect();
+                    if !status_text.is_empty() && new[e..].contains('\n') {
+                        return Ok((status_text.parse().unwrap_or(-1), out.to_string()));
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "timed out running {command:?} on the console; its end:\n{}",
+                    tools::tail(&text, 30)
+                );
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("QEMU exited ({status}) while running {command:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs `command` and fails unless it exits 0; returns its output.
+    pub fn run_ok(&mut self, command: &str, timeout: Duration) -> Result<String> {
+        let (status, out) = self.run(command, timeout)?;
+        if status != 0 {
+            bail!("{command:?} exited with {status}:\n{out}");
+        }
+        Ok(out)
     }
 
     /// Pulls the plug: the guest gets no chance to shut down.

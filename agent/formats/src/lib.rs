@@ -8,6 +8,7 @@
 pub mod board;
 pub mod boot;
 pub mod cmdline;
+pub mod entry;
 pub mod initrd;
 pub mod layout;
 pub mod record;
