@@ -10,6 +10,7 @@ pub mod boot;
 pub mod cmdline;
 pub mod initrd;
 pub mod layout;
+pub mod mesh;
 pub mod record;
 pub mod release;
 pub mod size;
