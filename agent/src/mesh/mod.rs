@@ -3,7 +3,7 @@
 //!
 //! | module | what it does |
 //! | --- | --- |
-//! | [`diff`] | [`diff::diff`]: wanted peers against the device's peers, as a [`PeerDiff`] |
+//! | [`mod@diff`] | [`fn@diff`]: wanted peers against the device's peers, as a [`PeerDiff`] |
 //!
 //! Addresses follow [`basalt_formats::mesh::address`]: every member's IPv4
 //! address comes from [`assign_ipv4`] over the same member set, so each node
