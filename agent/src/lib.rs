@@ -5,6 +5,7 @@
 //! | [`initrd`] | PID 1 of the initrd: modules, partitions, mounts, `switch_root` |
 //! | [`disk`] | finding basalt's partitions on the block devices, growing the data partition |
 //! | [`service`] | `basalt-agent run`, the systemd service |
+//! | [`mesh`] | the WireGuard mesh: wanted peers and the reconcile diff |
 //! | [`status`] | what the operator sees: `basalt-agent status` |
 //! | [`cli`] | the command line |
 
@@ -12,5 +13,6 @@ pub mod cli;
 pub mod disk;
 pub mod initrd;
 pub mod kmsg;
+pub mod mesh;
 pub mod service;
 pub mod status;

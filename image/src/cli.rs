@@ -1,6 +1,7 @@
 //! The `basalt` command line.
 
 use crate::build::{self, BuildOptions, SpecSource};
+use crate::mesh_cmd::{self, MeshCommand};
 use crate::qemu;
 use anyhow::{bail, Context, Result};
 use basalt_formats::record::BuildRecord;
@@ -15,7 +16,7 @@ use std::time::Duration;
     name = "basalt",
     version,
     about = "Build immutable A/B appliance images for edge devices",
-    after_help = "Examples:\n  basalt build                                   # the default appliance for x86_64-uefi, into ./out\n  basalt build my-spec.yaml --board arm64-uefi --out build/\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img"
+    after_help = "Examples:\n  basalt build                                   # the default appliance for x86_64-uefi, into ./out\n  basalt build my-spec.yaml --board arm64-uefi --out build/\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt mesh token --network lab"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -78,6 +79,14 @@ enum Command {
         /// With --until-ready: give up after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+    },
+    /// Make and read the network tokens devices join a mesh with.
+    #[command(
+        after_help = "Examples:\n  basalt mesh token --network lab\n  basalt mesh token --network edge --bootstrap seed.example.com:51820 --json\n  basalt mesh inspect basalt-mesh-v1:AQAD…"
+    )]
+    Mesh {
+        #[command(subcommand)]
+        command: MeshCommand,
     },
 }
 
@@ -172,6 +181,7 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         }
+        Command::Mesh { command } => mesh_cmd::run(command),
     }
 }
 

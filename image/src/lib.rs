@@ -5,6 +5,7 @@
 //! | [`cli`] | the `basalt` command line |
 //! | [`assets`] | boards, the default spec and the overlays compiled into the binary |
 //! | [`build`] | `basalt build`: root file system, initrd, ESP, slots, disk, outputs |
+//! | [`mesh_cmd`] | `basalt mesh`: network tokens |
 //! | [`tools`] | running external tools (mmdebstrap, mksquashfs, …) with errors that name them |
 //! | [`progress`] | progress bars and step lines |
 //! | [`qemu`] | booting a built image under QEMU (`basalt run`, and the tests) |
@@ -12,6 +13,7 @@
 pub mod assets;
 pub mod build;
 pub mod cli;
+pub mod mesh_cmd;
 pub mod progress;
 pub mod qemu;
 pub mod tools;

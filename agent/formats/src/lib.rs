@@ -11,6 +11,7 @@ pub mod cmdline;
 pub mod entry;
 pub mod initrd;
 pub mod layout;
+pub mod mesh;
 pub mod record;
 pub mod release;
 pub mod size;
