@@ -466,6 +466,14 @@ fn customise(
     std::fs::write(root.join("etc/machine-id"), b"")?;
     let _ = std::fs::remove_file(root.join("var/lib/dbus/machine-id"));
     std::fs::write(root.join("etc/hostname"), b"basalt\n")?;
+    // Host keys are per device (basalt-ssh-keygen.service makes them on first boot).
+    if let Ok(entries) = std::fs::read_dir(root.join("etc/ssh")) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+    }
     std::fs::write(
         root.join("etc/fstab"),
         b"# basalt: the initrd mounts / (read-only slot), /data, /etc, /var and /home.\n",
@@ -485,10 +493,19 @@ fn customise(
     Ok(())
 }
 
-/// Enables basalt's own units by their `WantedBy=`, as `systemctl enable` would.
+/// Enables basalt's own units (`basalt-*.service`) by their `WantedBy=`, as
+/// `systemctl enable` would.
 fn enable_units(root: &Path) -> Result<()> {
-    for name in ["basalt-agent.service"] {
-        let unit = root.join("usr/lib/systemd/system").join(name);
+    let units = root.join("usr/lib/systemd/system");
+    let mut names: Vec<String> = std::fs::read_dir(&units)
+        .with_context(|| format!("reading {}", units.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("basalt-") && n.ends_with(".service"))
+        .collect();
+    names.sort();
+    for name in names {
+        let unit = units.join(&name);
         let text = std::fs::read_to_string(&unit)
             .with_context(|| format!("reading {}", unit.display()))?;
         for line in text.lines() {
@@ -496,7 +513,7 @@ fn enable_units(root: &Path) -> Result<()> {
                 for t in targets.split_whitespace() {
                     let dir = root.join("etc/systemd/system").join(format!("{t}.wants"));
                     std::fs::create_dir_all(&dir)?;
-                    let link = dir.join(name);
+                    let link = dir.join(&name);
                     let _ = std::fs::remove_file(&link);
                     std::os::unix::fs::symlink(format!("/usr/lib/systemd/system/{name}"), &link)?;
                 }

@@ -135,6 +135,10 @@ fn x86_64_mounts_identity_and_boot_blessing() {
         .to_string();
     assert_eq!(machine_id.len(), 32, "{machine_id:?}");
 
+    // SSH host keys are made on the device, not shipped in the image.
+    let keys = vm.run_ok("ls /etc/ssh/", t).unwrap();
+    assert!(keys.contains("ssh_host_ed25519_key.pub"), "{keys}");
+
     let status = vm.run_ok("basalt-agent status --json", t).unwrap();
     let json_start = status.find('{').expect("JSON in status output");
     let st: serde_json::Value = serde_json::from_str(status[json_start..].trim()).unwrap();
