@@ -7,6 +7,7 @@
 
 pub mod board;
 pub mod boot;
+pub mod cloud_config;
 pub mod cmdline;
 pub mod initrd;
 pub mod layout;
@@ -18,6 +19,7 @@ pub mod spec;
 pub mod yaml;
 
 pub use board::{Arch, Board, BoardId};
+pub use cloud_config::CloudConfig;
 pub use size::ByteSize;
 pub use slot::Slot;
 pub use spec::ImageSpec;
