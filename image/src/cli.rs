@@ -1,7 +1,7 @@
 //! The `basalt` command line.
 
 use crate::build::{self, BuildOptions, SpecSource};
-use crate::qemu;
+use crate::{config_cmd, qemu};
 use anyhow::{bail, Context, Result};
 use basalt_formats::record::BuildRecord;
 use basalt_formats::BoardId;
@@ -15,7 +15,7 @@ use std::time::Duration;
     name = "basalt",
     version,
     about = "Build immutable A/B appliance images for edge devices",
-    after_help = "Examples:\n  basalt build                                   # the default appliance for x86_64-uefi, into ./out\n  basalt build my-spec.yaml --board arm64-uefi --out build/\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img"
+    after_help = "Examples:\n  basalt build                                   # the default appliance for x86_64-uefi, into ./out\n  basalt build my-spec.yaml --board arm64-uefi --out build/\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt config validate user-data.yaml"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -79,12 +79,38 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
+    /// Work with cloud-config documents (first-boot provisioning).
+    #[command(
+        after_help = "Examples:\n  basalt config validate cloud-config/examples/full.yaml\n  basalt config validate user-data --json"
+    )]
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a cloud-config against every rule the device applies.
+    ///
+    /// Prints one line (or, with --json, one JSON object) and exits with
+    /// status 1 when the document is invalid.
+    #[command(
+        after_help = "Examples:\n  basalt config validate cloud-config/examples/mesh-node.yaml\n  basalt config validate user-data --json | jq .error"
+    )]
+    Validate {
+        /// The cloud-config document (its first line must be #cloud-config).
+        file: PathBuf,
+        /// Print the verdict as JSON on stdout: {"valid":true,...} or {"valid":false,"error":{...}}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("basalt: error: {e:#}");
             ExitCode::FAILURE
@@ -92,7 +118,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Build {
             spec,
@@ -120,7 +146,7 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{}  {}", a.sha256, opts.out_dir.join(&a.file).display());
                 }
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run {
             image,
@@ -158,7 +184,7 @@ fn run(cli: Cli) -> Result<()> {
                 let line = vm.wait_for("basalt-agent: ready", Duration::from_secs(timeout))?;
                 println!("{}", line.trim());
                 vm.kill();
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             } else {
                 qemu::check_host(&cfg.board)?;
                 let (disk, vars) = qemu::prepare(&cfg)?;
@@ -169,8 +195,26 @@ fn run(cli: Cli) -> Result<()> {
                 if !status.success() {
                     bail!("QEMU exited with {status}");
                 }
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             }
+        }
+        Command::Config {
+            command: ConfigCommand::Validate { file, json },
+        } => {
+            let v = config_cmd::validate_file(&file)
+                .with_context(|| format!("reading cloud-config {}", file.display()))?;
+            if json {
+                println!("{}", v.json());
+            } else if v.is_valid() {
+                println!("{}", v.human());
+            } else {
+                eprintln!("{}", v.human());
+            }
+            Ok(if v.is_valid() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

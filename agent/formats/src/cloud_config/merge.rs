@@ -25,7 +25,7 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SourceKind {
-    /// Built into the image (`/usr/share/basalt/cloud-config.yaml`).
+    /// The document built into the image.
     ImageDefault,
     /// `user-data` on the boot partition, written by whoever flashed the device.
     BootPartition,
