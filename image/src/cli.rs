@@ -2,7 +2,7 @@
 
 use crate::build::{self, BuildOptions, SpecSource};
 use crate::mesh_cmd::{self, MeshCommand};
-use crate::qemu;
+use crate::{config_cmd, qemu};
 use anyhow::{bail, Context, Result};
 use basalt_formats::record::BuildRecord;
 use basalt_formats::BoardId;
@@ -16,7 +16,7 @@ use std::time::Duration;
     name = "basalt",
     version,
     about = "Build immutable A/B appliance images for edge devices",
-    after_help = "Examples:\n  basalt build                                   # the default appliance for x86_64-uefi, into ./out\n  basalt build my-spec.yaml --board arm64-uefi --out build/\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt mesh token --network lab"
+    after_help = "Examples:\n  basalt build                                   # the default appliance for x86_64-uefi, into ./out\n  basalt build my-spec.yaml --board arm64-uefi --out build/\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt mesh token --network lab\n  basalt config validate user-data.yaml"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -88,12 +88,38 @@ enum Command {
         #[command(subcommand)]
         command: MeshCommand,
     },
+    /// Work with cloud-config documents (first-boot provisioning).
+    #[command(
+        after_help = "Examples:\n  basalt config validate cloud-config/examples/full.yaml\n  basalt config validate user-data --json"
+    )]
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a cloud-config against every rule the device applies.
+    ///
+    /// Prints one line (or, with --json, one JSON object) and exits with
+    /// status 1 when the document is invalid.
+    #[command(
+        after_help = "Examples:\n  basalt config validate cloud-config/examples/mesh-node.yaml\n  basalt config validate user-data --json | jq .error"
+    )]
+    Validate {
+        /// The cloud-config document (its first line must be #cloud-config).
+        file: PathBuf,
+        /// Print the verdict as JSON on stdout: {"valid":true,...} or {"valid":false,"error":{...}}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("basalt: error: {e:#}");
             ExitCode::FAILURE
@@ -101,7 +127,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Build {
             spec,
@@ -129,7 +155,7 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{}  {}", a.sha256, opts.out_dir.join(&a.file).display());
                 }
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run {
             image,
@@ -167,7 +193,7 @@ fn run(cli: Cli) -> Result<()> {
                 let line = vm.wait_for("basalt-agent: ready", Duration::from_secs(timeout))?;
                 println!("{}", line.trim());
                 vm.kill();
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             } else {
                 qemu::check_host(&cfg.board)?;
                 let (disk, vars) = qemu::prepare(&cfg)?;
@@ -178,10 +204,28 @@ fn run(cli: Cli) -> Result<()> {
                 if !status.success() {
                     bail!("QEMU exited with {status}");
                 }
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             }
         }
-        Command::Mesh { command } => mesh_cmd::run(command),
+        Command::Mesh { command } => mesh_cmd::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Config {
+            command: ConfigCommand::Validate { file, json },
+        } => {
+            let v = config_cmd::validate_file(&file)
+                .with_context(|| format!("reading cloud-config {}", file.display()))?;
+            if json {
+                println!("{}", v.json());
+            } else if v.is_valid() {
+                println!("{}", v.human());
+            } else {
+                eprintln!("{}", v.human());
+            }
+            Ok(if v.is_valid() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! | --- | --- |
 //! | [`cli`] | the `basalt` command line |
 //! | [`assets`] | boards, the default spec and the overlays compiled into the binary |
+//! | [`config_cmd`] | `basalt config validate`: checking a cloud-config |
 //! | [`build`] | `basalt build`: root file system, initrd, ESP, slots, disk, outputs |
 //! | [`mesh_cmd`] | `basalt mesh`: network tokens |
 //! | [`tools`] | running external tools (mmdebstrap, mksquashfs, …) with errors that name them |
@@ -13,6 +14,7 @@
 pub mod assets;
 pub mod build;
 pub mod cli;
+pub mod config_cmd;
 pub mod mesh_cmd;
 pub mod progress;
 pub mod qemu;

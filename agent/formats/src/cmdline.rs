@@ -1,7 +1,9 @@
 //! The `basalt.*` parameters of the kernel command line.
 //!
 //! The boot loader entry of each slot passes `basalt.slot=a` or `basalt.slot=b`;
-//! the initrd uses it to pick the root partition.
+//! the initrd uses it to pick the root partition. `basalt.cloud-config=` and
+//! `basalt.cloud-config-url=` carry a cloud-config source; they are decoded by
+//! [`crate::cloud_config::parse_kernel_cmdline`].
 
 use crate::slot::Slot;
 
@@ -14,6 +16,8 @@ pub struct KernelCmdline {
     pub init: Option<String>,
     /// `basalt.shell`: drop to an emergency shell in the initrd instead of switching root.
     pub debug: bool,
+    /// Whether `basalt.cloud-config=` or `basalt.cloud-config-url=` is present.
+    pub cloud_config: bool,
     /// Problems found while parsing, reported by the caller (never fatal).
     pub warnings: Vec<String>,
 }
@@ -33,6 +37,11 @@ impl KernelCmdline {
                 },
                 ("basalt.init", Some(v)) => out.init = Some(v.to_string()),
                 ("basalt.debug", None) => out.debug = true,
+                (
+                    crate::cloud_config::sources::CMDLINE_DOCUMENT_PARAM
+                    | crate::cloud_config::sources::CMDLINE_URL_PARAM,
+                    Some(_),
+                ) => out.cloud_config = true,
                 (k, _) if k.starts_with("basalt.") => out
                     .warnings
                     .push(format!("unknown kernel parameter {word:?}")),
@@ -53,6 +62,16 @@ mod tests {
         assert_eq!(c.slot, Some(Slot::B));
         assert!(c.warnings.is_empty());
         assert!(!c.debug);
+        assert!(!c.cloud_config);
+    }
+
+    #[test]
+    fn cloud_config_parameters_are_known() {
+        let c = KernelCmdline::parse(
+            "basalt.cloud-config=I2Nsb3VkLWNvbmZpZwo basalt.cloud-config-url=https://x.example/",
+        );
+        assert!(c.cloud_config);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]

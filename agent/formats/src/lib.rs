@@ -7,6 +7,7 @@
 
 pub mod board;
 pub mod boot;
+pub mod cloud_config;
 pub mod cmdline;
 pub mod entry;
 pub mod initrd;
@@ -20,6 +21,7 @@ pub mod spec;
 pub mod yaml;
 
 pub use board::{Arch, Board, BoardId};
+pub use cloud_config::CloudConfig;
 pub use size::ByteSize;
 pub use slot::Slot;
 pub use spec::ImageSpec;
