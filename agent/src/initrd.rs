@@ -178,8 +178,27 @@ fn run() -> anyhow::Result<Never> {
     }
 
     // Persistent /etc: the image's /etc below, the device's changes above.
-    for d in ["overlay/etc/upper", "overlay/etc/work", "var", "home"] {
+    for d in ["overlay/etc/upper", "overlay/etc/work", "home", "basalt"] {
         mkdir(&format!("{DATA}/{d}"))?;
+    }
+    // /var starts as the image shipped it.
+    let var = Path::new(DATA).join("var");
+    if !var.exists() {
+        let partial = Path::new(DATA).join("var.partial");
+        if partial.exists() {
+            fs::remove_dir_all(&partial)
+                .with_context(|| format!("removing {}", partial.display()))?;
+        }
+        let started = Instant::now();
+        copy_tree(Path::new("/sysroot/var"), &partial)
+            .with_context(|| format!("copying /var to {}", partial.display()))?;
+        nix::unistd::sync();
+        fs::rename(&partial, &var)
+            .with_context(|| format!("renaming {} to {}", partial.display(), var.display()))?;
+        knotice!(
+            "data partition: /var populated from the image in {} ms",
+            started.elapsed().as_millis()
+        );
     }
     mount(
         Some("overlay"),
@@ -329,6 +348,50 @@ fn switch_root(new_root: &str, init: &str) -> anyhow::Result<Never> {
     let init_c = CString::new(init).context("init path")?;
     let err = nix::unistd::execv(&init_c, &[&init_c]).unwrap_err();
     anyhow::bail!("executing {init}: {err}")
+}
+
+/// Copies a directory tree with modes, owners, times and symbolic links
+/// (`cp -a` without extended attributes).
+fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let meta = fs::symlink_metadata(src)?;
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        symlink(fs::read_link(src)?, dst)?;
+    } else if ft.is_dir() {
+        fs::create_dir(dst)?;
+        let mut names: Vec<_> = fs::read_dir(src)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        for n in names {
+            copy_tree(&src.join(&n), &dst.join(&n))?;
+        }
+        fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode()))?;
+    } else if ft.is_file() {
+        fs::copy(src, dst)?;
+    } else {
+        // Sockets, FIFOs and device nodes have no place in a shipped /var.
+        return Ok(());
+    }
+    let to_io = |e: nix::Error| std::io::Error::from_raw_os_error(e as i32);
+    nix::unistd::fchownat(
+        None,
+        dst,
+        Some(nix::unistd::Uid::from_raw(meta.uid())),
+        Some(nix::unistd::Gid::from_raw(meta.gid())),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(to_io)?;
+    if !ft.is_symlink() {
+        fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode()))?;
+    }
+    let mtime = TimeSpec::new(meta.mtime(), meta.mtime_nsec());
+    let atime = TimeSpec::new(meta.atime(), meta.atime_nsec());
+    utimensat(None, dst, &atime, &mtime, UtimensatFlags::NoFollowSymlink).map_err(to_io)?;
+    Ok(())
 }
 
 fn delete_tree_on_device(dir: &Path, dev: u64) {

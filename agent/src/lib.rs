@@ -4,6 +4,7 @@
 //! | --- | --- |
 //! | [`initrd`] | PID 1 of the initrd: modules, partitions, mounts, `switch_root` |
 //! | [`disk`] | finding basalt's partitions on the block devices, growing the data partition |
+//! | [`provision`] | cloud-config: sources, merge, apply once or every boot |
 //! | [`service`] | `basalt-agent run`, the systemd service |
 //! | [`mesh`] | the WireGuard mesh: wanted peers and the reconcile diff |
 //! | [`status`] | what the operator sees: `basalt-agent status` |
@@ -14,5 +15,6 @@ pub mod disk;
 pub mod initrd;
 pub mod kmsg;
 pub mod mesh;
+pub mod provision;
 pub mod service;
 pub mod status;

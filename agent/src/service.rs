@@ -39,6 +39,24 @@ impl log::Log for StderrLog {
 }
 
 pub fn run() -> anyhow::Result<()> {
+    // Provisioning never fails the service: problems are in its status.
+    let (found, read_errors) =
+        crate::provision::sources::read_all(&crate::provision::sources::Paths::default());
+    let prov = crate::provision::provision(
+        found,
+        read_errors,
+        Path::new(crate::provision::STATE_DIR),
+        &mut crate::provision::host::System::default(),
+    );
+    if !prov.errors.is_empty() {
+        let _ = sd_notify::notify(
+            false,
+            &[sd_notify::NotifyState::Status(&format!(
+                "cloud-config: {} error(s)",
+                prov.errors.len()
+            ))],
+        );
+    }
     let st = status::collect(Path::new("/"));
     for e in &st.errors {
         warn!("{e}");

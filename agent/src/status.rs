@@ -11,6 +11,8 @@ pub struct Status {
     pub hostname: String,
     pub release: Option<Release>,
     pub boot: Option<BootInfo>,
+    /// What cloud-config provisioning did on this boot, with its errors.
+    pub provision: Option<crate::provision::ProvisionStatus>,
     pub agent_version: &'static str,
     pub uptime_s: u64,
     /// Problems reading the above, each naming its file.
@@ -48,7 +50,11 @@ pub fn collect(root: &Path) -> Status {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
         .unwrap_or(0.0) as u64;
+    let provision = crate::provision::load_status(
+        &root.join(crate::provision::STATE_DIR.trim_start_matches('/')),
+    );
     Status {
+        provision,
         hostname: nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default(),

@@ -93,29 +93,91 @@ pub fn build_image(opts: &BuildOptions) -> Built {
     }
 }
 
-/// The default appliance for `board`, built once per test run.
-pub fn default_image(board: BoardId) -> Built {
-    /// One build slot per board; a test waiting on one board does not block another.
+/// The image `key` made by `make`, built once per test run.
+pub fn cached_image(key: &str, make: impl FnOnce() -> Built) -> Built {
+    /// One build slot per image; a test waiting on one image does not block another.
     type Slot = Arc<Mutex<Option<Built>>>;
-    static CACHE: OnceLock<Mutex<HashMap<BoardId, Slot>>> = OnceLock::new();
+    static CACHE: OnceLock<Mutex<HashMap<String, Slot>>> = OnceLock::new();
     let slot = CACHE
         .get_or_init(Default::default)
         .lock()
         .expect("lock")
-        .entry(board)
+        .entry(key.to_string())
         .or_default()
         .clone();
     let mut guard = slot.lock().expect("lock");
     if let Some(b) = guard.as_ref() {
         return b.clone();
     }
-    let built = build_image(&options(
-        board,
-        SpecSource::Builtin,
-        work_dir().join("images").join(board.as_str()),
-    ));
+    let built = make();
     *guard = Some(built.clone());
     built
+}
+
+/// The default appliance for `board`, built once per test run.
+pub fn default_image(board: BoardId) -> Built {
+    cached_image(&format!("default-{board}"), || {
+        build_image(&options(
+            board,
+            SpecSource::Builtin,
+            work_dir().join("images").join(board.as_str()),
+        ))
+    })
+}
+
+/// The default appliance plus the `debug-console` overlay (root shell on the
+/// serial console, for tests that look inside), built once per test run.
+pub fn debug_image(board: BoardId) -> Built {
+    cached_image(&format!("debug-{board}"), || {
+        let dir = work_dir().join(format!("specs/debug-{board}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("spec dir");
+        let spec =
+            basalt::assets::DEFAULT_SPEC.replace("  - base\n", "  - base\n  - debug-console\n");
+        assert!(spec.contains("debug-console"));
+        std::fs::write(dir.join("spec.yaml"), spec).expect("spec file");
+        build_image(&options(
+            board,
+            SpecSource::File(dir.join("spec.yaml")),
+            dir.join("out"),
+        ))
+    })
+}
+
+/// A NoCloud volume: a FAT file system labelled `CIDATA` holding `user-data` and `meta-data`.
+pub fn cidata_image(path: &Path, user_data: &str, meta_data: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .expect("cidata image");
+    f.set_len(8 << 20).expect("cidata size");
+    fatfs::format_volume(
+        &mut f,
+        fatfs::FormatVolumeOptions::new().volume_label(*b"CIDATA     "),
+    )
+    .expect("format");
+    let fs = fatfs::FileSystem::new(&mut f, fatfs::FsOptions::new()).expect("fat");
+    for (name, text) in [("user-data", user_data), ("meta-data", meta_data)] {
+        let mut file = fs.root_dir().create_file(name).expect("create");
+        file.write_all(text.as_bytes()).expect("write");
+    }
+}
+
+/// QEMU arguments that attach `image` as a read-only virtio disk.
+pub fn extra_disk(id: &str, image: &Path) -> Vec<String> {
+    vec![
+        "-drive".into(),
+        format!(
+            "if=none,id={id},format=raw,readonly=on,file={}",
+            image.display()
+        ),
+        "-device".into(),
+        format!("virtio-blk-pci,drive={id}"),
+    ]
 }
 
 /// A VM for `image` with its state in `work_dir()/vms/<name>`.

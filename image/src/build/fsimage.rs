@@ -45,13 +45,12 @@ pub fn root_image(
     .map(|_| ())
 }
 
-/// Makes an ext4 image of `size` bytes at `out` holding the tree `dir`.
+/// Makes an empty ext4 image of `size` bytes at `out`.
 /// Block size is fixed at 4 KiB. The default reserved GDT blocks let the
 /// kernel grow it online 1024-fold; past that it converts to meta_bg by
 /// itself. (A large `resize=` reservation would make each online-resize
 /// transaction larger than a small file system's journal: ENOSPC.)
 pub fn ext4_image(
-    dir: &Path,
     out: &Path,
     size: u64,
     label: &str,
@@ -71,8 +70,6 @@ pub fn ext4_image(
             .arg(format!(
                 "hash_seed={uuid},root_owner=0:0,lazy_itable_init=0"
             ))
-            .arg("-d")
-            .arg(dir)
             .arg(out)
             .arg(blocks.to_string()),
     )

@@ -252,17 +252,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
         initrd_bytes.len() / 1024
     ));
 
-    // 3. Data partition: /var as shipped, and the places the initrd mounts.
+    // 3. Data partition: an empty ext4. The initrd makes its directories and
+    // copies /var from the root on first boot, so no file of this build's
+    // host (whose inode change times cannot be set) ends up in the image.
     let step = progress.step("data partition (ext4)");
-    let data_dir = work.join("data");
-    for d in ["overlay/etc/upper", "overlay/etc/work", "home", "basalt"] {
-        std::fs::create_dir_all(data_dir.join(d))?;
-    }
-    tools_copy_tree(&root.join("var"), &data_dir.join("var"))?;
-    clamp_mtimes(&data_dir, epoch)?;
     let data_img = work.join("data.img");
     fsimage::ext4_image(
-        &data_dir,
         &data_img,
         spec.sizes.data.bytes(),
         "data",

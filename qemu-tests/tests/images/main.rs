@@ -3,3 +3,4 @@
 
 mod boot;
 mod build;
+mod provision;

@@ -1,0 +1,164 @@
+//! Reading the cloud-config sources on the device, in their documented order.
+
+use log::info;
+use nix::mount::{mount, umount, MsFlags};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where a document came from. The order of the variants is the order of precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    ImageDefault,
+    BootPartition,
+    MetaData,
+    NoCloudUserData,
+    KernelCmdline,
+}
+
+/// One document as read, before parsing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceText {
+    pub kind: Kind,
+    /// Names the source in errors: `CIDATA:user-data`, `/efi/user-data`, …
+    pub name: String,
+    pub text: String,
+}
+
+/// Where the sources live on a device; tests point these elsewhere.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub image_default: PathBuf,
+    /// Directory of the boot FAT partition (`/efi` on UEFI boards).
+    pub boot_partition: PathBuf,
+    /// Candidate NoCloud volumes, first present wins.
+    pub cidata_devices: Vec<PathBuf>,
+    /// Where a NoCloud volume is mounted read-only while it is read.
+    pub cidata_mount: PathBuf,
+    pub cmdline: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            image_default: PathBuf::from("/usr/lib/basalt/cloud-config.yaml"),
+            boot_partition: PathBuf::from("/efi"),
+            cidata_devices: vec![
+                PathBuf::from("/dev/disk/by-label/CIDATA"),
+                PathBuf::from("/dev/disk/by-label/cidata"),
+            ],
+            cidata_mount: PathBuf::from("/run/basalt/cidata"),
+            cmdline: PathBuf::from("/proc/cmdline"),
+        }
+    }
+}
+
+/// Reads every source that is present. Missing sources are not errors;
+/// unreadable ones are, each naming the source.
+pub fn read_all(paths: &Paths) -> (Vec<SourceText>, Vec<String>) {
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    let file = |kind: Kind, path: &Path, found: &mut Vec<SourceText>, errors: &mut Vec<String>| {
+        match std::fs::read(path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => found.push(SourceText {
+                    kind,
+                    name: path.display().to_string(),
+                    text,
+                }),
+                Err(_) => errors.push(format!("{}: not UTF-8 text", path.display())),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(format!("{}: {e}", path.display())),
+        }
+    };
+    file(
+        Kind::ImageDefault,
+        &paths.image_default,
+        &mut found,
+        &mut errors,
+    );
+    file(
+        Kind::BootPartition,
+        &paths.boot_partition.join("user-data"),
+        &mut found,
+        &mut errors,
+    );
+
+    if let Some(dev) = paths.cidata_devices.iter().find(|d| d.exists()) {
+        match mount_cidata(dev, &paths.cidata_mount) {
+            Ok(()) => {
+                // meta-data first: user-data's `hostname` wins over meta-data's `local-hostname`.
+                for (kind, name) in [
+                    (Kind::MetaData, "meta-data"),
+                    (Kind::NoCloudUserData, "user-data"),
+                ] {
+                    let p = paths.cidata_mount.join(name);
+                    match std::fs::read_to_string(&p) {
+                        Ok(text) => found.push(SourceText {
+                            kind,
+                            name: format!("CIDATA:{name}"),
+                            text,
+                        }),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => errors.push(format!("CIDATA:{name}: {e}")),
+                    }
+                }
+                let _ = umount(&paths.cidata_mount);
+            }
+            Err(e) => errors.push(format!("CIDATA volume {}: {e}", dev.display())),
+        }
+    }
+
+    match std::fs::read_to_string(&paths.cmdline) {
+        Ok(cmdline) => match basalt_formats::cloud_config::parse_kernel_cmdline(&cmdline) {
+            Ok(k) => {
+                if let Some(doc) = k.document {
+                    found.push(SourceText {
+                        kind: Kind::KernelCmdline,
+                        name: "kernel command line (basalt.cloud-config)".to_string(),
+                        text: doc,
+                    });
+                }
+                if let Some(url) = k.url {
+                    errors.push(format!(
+                        "kernel command line: basalt.cloud-config-url={url}: fetching a configuration over HTTP is not supported by this agent version"
+                    ));
+                }
+            }
+            Err(e) => errors.push(e.to_string()),
+        },
+        Err(e) => errors.push(format!("{}: {e}", paths.cmdline.display())),
+    }
+    info!(
+        "cloud-config sources: {}",
+        if found.is_empty() {
+            "none".to_string()
+        } else {
+            found
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    (found, errors)
+}
+
+fn mount_cidata(dev: &Path, at: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(at).map_err(|e| format!("creating {}: {e}", at.display()))?;
+    let mut last = String::new();
+    for fstype in ["vfat", "iso9660"] {
+        match mount(
+            Some(dev),
+            at,
+            Some(fstype),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = format!("mounting as {fstype}: {e}"),
+        }
+    }
+    Err(last)
+}

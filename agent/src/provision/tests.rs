@@ -1,0 +1,204 @@
+use super::*;
+use basalt_formats::cloud_config::{Command, Ntp, SshPublicKey, User, WriteFile};
+
+/// Records what provisioning asked for, in order; fails where told to.
+#[derive(Default)]
+struct Fake {
+    calls: Vec<String>,
+    fail_run: bool,
+}
+
+impl Host for Fake {
+    fn set_hostname(&mut self, name: &str) -> host::HostResult {
+        self.calls.push(format!("hostname {name}"));
+        Ok(())
+    }
+    fn set_timezone(&mut self, zone: &str) -> host::HostResult {
+        self.calls.push(format!("timezone {zone}"));
+        Ok(())
+    }
+    fn set_ntp(&mut self, ntp: &Ntp) -> host::HostResult {
+        self.calls.push(format!("ntp {}", ntp.servers.join(",")));
+        Ok(())
+    }
+    fn write_file(&mut self, f: &WriteFile) -> host::HostResult {
+        self.calls
+            .push(format!("file {} {:o}", f.path.as_str(), f.mode));
+        Ok(())
+    }
+    fn ensure_user(&mut self, u: &User) -> host::HostResult {
+        self.calls.push(format!("user {}", u.name.as_str()));
+        Ok(())
+    }
+    fn authorize_keys(&mut self, user: &str, keys: &[SshPublicKey]) -> host::HostResult {
+        self.calls.push(format!("keys {user} {}", keys.len()));
+        Ok(())
+    }
+    fn run(&mut self, c: &Command) -> host::HostResult {
+        self.calls.push(format!("run {}", c.argv().join(" ")));
+        if self.fail_run {
+            Err("exited with 1".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn src(kind: sources::Kind, name: &str, text: &str) -> SourceText {
+    SourceText {
+        kind,
+        name: name.into(),
+        text: text.into(),
+    }
+}
+
+const GOOD: &str = "#cloud-config
+hostname: edge-7
+timezone: Europe/Paris
+users:
+  - name: ops
+    ssh_authorized_keys: [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq3x8Qy0nZ3e0Yj3m7VvJcqZ9v0L1yF2Qm3b4c5d6e7 ops@laptop\"]
+write_files:
+  - path: /etc/motd
+    content: hello
+  - path: /etc/basalt/every-boot
+    content: x
+    reapply: true
+bootcmd: [\"echo early\"]
+runcmd: [\"echo late\"]
+";
+
+const META: &str = "instance-id: i-123\nlocal-hostname: from-meta\n";
+
+#[test]
+fn first_boot_runs_everything_in_order_then_only_every_boot_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Fake::default();
+    let found = vec![
+        src(sources::Kind::MetaData, "CIDATA:meta-data", META),
+        src(sources::Kind::NoCloudUserData, "CIDATA:user-data", GOOD),
+    ];
+    let st = provision(found.clone(), vec![], dir.path(), &mut h);
+    assert!(st.errors.is_empty(), "{:?}", st.errors);
+    assert!(st.config_current && st.once_done);
+    assert_eq!(st.instance_id.as_deref(), Some("i-123"));
+    assert_eq!(
+        h.calls,
+        [
+            "run /bin/sh -c echo early",
+            "hostname edge-7",
+            "timezone Europe/Paris",
+            "file /etc/basalt/every-boot 644",
+            "user ops",
+            "file /etc/motd 644",
+            "run /bin/sh -c echo late",
+        ]
+    );
+
+    // Second boot, same instance: only what reapplies.
+    let mut h = Fake::default();
+    let st = provision(found, vec![], dir.path(), &mut h);
+    assert!(st.once_done);
+    assert_eq!(
+        h.calls,
+        [
+            "run /bin/sh -c echo early",
+            "hostname edge-7",
+            "timezone Europe/Paris",
+            "file /etc/basalt/every-boot 644"
+        ]
+    );
+}
+
+#[test]
+fn a_failed_runcmd_leaves_the_instance_to_be_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Fake {
+        fail_run: true,
+        ..Fake::default()
+    };
+    let found = vec![src(
+        sources::Kind::NoCloudUserData,
+        "CIDATA:user-data",
+        GOOD,
+    )];
+    let st = provision(found.clone(), vec![], dir.path(), &mut h);
+    assert!(!st.once_done);
+    assert!(
+        st.errors
+            .iter()
+            .any(|e| e.starts_with("runcmd[0]: exited with 1")),
+        "{:?}",
+        st.errors
+    );
+    let mut h = Fake::default();
+    let st = provision(found, vec![], dir.path(), &mut h);
+    assert!(st.once_done);
+    assert!(h.calls.contains(&"user ops".to_string()), "{:?}", h.calls);
+}
+
+#[test]
+fn a_bad_config_keeps_the_last_good_one_and_names_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = vec![src(
+        sources::Kind::NoCloudUserData,
+        "CIDATA:user-data",
+        GOOD,
+    )];
+    provision(good, vec![], dir.path(), &mut Fake::default());
+
+    let bad = "#cloud-config\nhostname: other\nuserz: []\n";
+    let mut h = Fake::default();
+    let st = provision(
+        vec![src(sources::Kind::NoCloudUserData, "CIDATA:user-data", bad)],
+        vec![],
+        dir.path(),
+        &mut h,
+    );
+    assert!(!st.config_current);
+    assert_eq!(st.errors.len(), 1, "{:?}", st.errors);
+    assert!(
+        st.errors[0].starts_with("CIDATA:user-data:3:1: unknown field `userz`"),
+        "{}",
+        st.errors[0]
+    );
+    assert!(
+        h.calls.contains(&"hostname edge-7".to_string()),
+        "{:?}",
+        h.calls
+    );
+    assert!(!h.calls.iter().any(|c| c.contains("other")));
+    let saved = load_status(dir.path()).unwrap();
+    assert_eq!(saved.errors, st.errors);
+}
+
+#[test]
+fn a_bad_config_on_first_boot_applies_what_is_valid_and_boots() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Fake::default();
+    let st = provision(
+        vec![
+            src(
+                sources::Kind::ImageDefault,
+                "/usr/lib/basalt/cloud-config.yaml",
+                "#cloud-config\nhostname: factory\n",
+            ),
+            src(
+                sources::Kind::NoCloudUserData,
+                "CIDATA:user-data",
+                "#cloud-config\nwrite_files:\n  - path: /usr/bin/x\n    content: y\n",
+            ),
+        ],
+        vec!["CIDATA volume /dev/vdb: mounting as iso9660: EINVAL".into()],
+        dir.path(),
+        &mut h,
+    );
+    assert!(!st.config_current);
+    assert_eq!(st.errors.len(), 2, "{:?}", st.errors);
+    assert!(
+        st.errors[1].contains("write_files[0].path"),
+        "{:?}",
+        st.errors
+    );
+    assert_eq!(h.calls, ["hostname factory"]);
+}

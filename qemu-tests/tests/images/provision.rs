@@ -1,0 +1,112 @@
+//! First boot from cloud-config: a NoCloud CIDATA volume made by the test.
+
+use basalt_formats::BoardId;
+use qemu_tests::*;
+use std::time::Duration;
+
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq3x8Qy0nZ3e0Yj3m7VvJcqZ9v0L1yF2Qm3b4c5d6e7 ops@laptop";
+
+fn user_data() -> String {
+    format!(
+        "#cloud-config
+hostname: edge-7
+users:
+  - name: ops
+    groups: [adm]
+    ssh_authorized_keys: [\"{KEY}\"]
+write_files:
+  - path: /etc/basalt-test/hello.txt
+    content: aGVsbG8gZnJvbSBjbG91ZC1jb25maWcK
+    encoding: b64
+    permissions: \"0640\"
+runcmd:
+  - touch /var/lib/basalt-test-runcmd
+"
+    )
+}
+
+#[test]
+fn x86_64_provisions_from_cidata_and_keeps_the_last_good_config() {
+    if qemu_opted_out() {
+        eprintln!("BASALT_SKIP_QEMU=1: not booting the provisioning test");
+        return;
+    }
+    let built = debug_image(BoardId::X86_64Uefi);
+    let mut cfg = vm_config(BoardId::X86_64Uefi, &built.image, "x86_64-provision");
+    let good = cfg.state_dir.join("cidata-good.img");
+    std::fs::create_dir_all(&cfg.state_dir).unwrap();
+    cidata_image(
+        &good,
+        &user_data(),
+        "instance-id: iid-basalt-1\nlocal-hostname: ignored-by-user-data\n",
+    );
+    cfg.extra_args = extra_disk("cidata", &good);
+
+    let (mut vm, line) = boot_to_ready(&cfg);
+    assert!(line.contains("hostname=edge-7"), "{line}");
+    let t = Duration::from_secs(60);
+    vm.wait_for("login:", t)
+        .or_else(|_| vm.wait_for("root@edge-7", t))
+        .unwrap();
+    let id = vm.run_ok("id ops", t).unwrap();
+    assert!(id.contains("(ops)") && id.contains("(adm)"), "{id}");
+    let keys = vm
+        .run_ok(
+            "cat /home/ops/.ssh/authorized_keys; stat -c '%a %U' /home/ops/.ssh/authorized_keys",
+            t,
+        )
+        .unwrap();
+    assert!(keys.contains(KEY) && keys.contains("600 ops"), "{keys}");
+    let file = vm
+        .run_ok(
+            "cat /etc/basalt-test/hello.txt; stat -c %a /etc/basalt-test/hello.txt",
+            t,
+        )
+        .unwrap();
+    assert!(
+        file.contains("hello from cloud-config") && file.contains("640"),
+        "{file}"
+    );
+    vm.run_ok("test -f /var/lib/basalt-test-runcmd", t).unwrap();
+    let status = vm.run_ok("basalt-agent status --json", t).unwrap();
+    let st: serde_json::Value = serde_json::from_str(&status[status.find('{').unwrap()..]).unwrap();
+    assert_eq!(st["provision"]["instance_id"], "iid-basalt-1", "{st}");
+    assert_eq!(st["provision"]["once_done"], true, "{st}");
+    assert_eq!(
+        st["provision"]["errors"].as_array().unwrap().len(),
+        0,
+        "{st}"
+    );
+    vm.run_ok("sync", t).unwrap();
+    vm.kill();
+
+    // The same device with a broken user-data: it boots, says why, keeps edge-7.
+    let bad = cfg.state_dir.join("cidata-bad.img");
+    cidata_image(
+        &bad,
+        "#cloud-config\nhostname: broken\nuserz: []\n",
+        "instance-id: iid-basalt-1\n",
+    );
+    cfg.extra_args = extra_disk("cidata", &bad);
+    cfg.keep_state = true;
+    let (mut vm, line) = boot_to_ready(&cfg);
+    assert!(line.contains("hostname=edge-7"), "{line}");
+    vm.wait_for("login:", t)
+        .or_else(|_| vm.wait_for("root@edge-7", t))
+        .unwrap();
+    let status = vm.run_ok("basalt-agent status", t).unwrap();
+    assert!(status.contains("last good kept"), "{status}");
+    assert!(
+        status.contains("config error: CIDATA:user-data:3:1: unknown field `userz`"),
+        "{status}"
+    );
+    let journal = vm
+        .run_ok(
+            "journalctl -b -u basalt-agent --no-pager | grep -c 'cloud-config rejected'",
+            t,
+        )
+        .unwrap();
+    assert!(journal.trim() != "0", "{journal}");
+    vm.run_ok("id ops", t).unwrap();
+}
