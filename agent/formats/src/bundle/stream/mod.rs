@@ -662,18 +662,36 @@ impl<R: Read> Payloads<R> {
                 Ok(n)
             }
             Err(e) => {
-                let member = d.decoder.get_ref().get_ref();
+                let State::Decoding(d) = std::mem::replace(&mut self.state, State::Stopped) else {
+                    unreachable!("matched above")
+                };
+                let mut member = d.decoder.finish().into_inner();
                 if member.failed {
-                    self.state = State::Stopped;
                     return Err(read_err(e));
                 }
+                // Say what is wrong with the bytes rather than what zstd made
+                // of them, when the rest of the member tells.
+                let expected = self.payload().compressed_size;
+                let drained = io::copy(&mut member, &mut io::sink());
                 let problem = if member.truncated {
                     PayloadProblem::Truncated {
                         read: member.read,
-                        expected: self.payload().compressed_size,
+                        expected,
                     }
+                } else if drained.is_err() {
+                    return Err(read_err(drained.expect_err("checked")));
                 } else {
-                    PayloadProblem::Zstd(e.to_string())
+                    let actual = Sha256Digest::from_hasher(member.hash);
+                    let want = self.payload().compressed_sha256;
+                    if actual != want {
+                        PayloadProblem::Digest {
+                            form: Form::Compressed,
+                            actual,
+                            expected: want,
+                        }
+                    } else {
+                        PayloadProblem::Zstd(e.to_string())
+                    }
                 };
                 Err(self.payload_failed(problem))
             }

@@ -219,6 +219,16 @@ fn a_flipped_payload_byte_is_named() {
         bad[offset + BLOCK as usize + size / 2] ^= 0x40;
         let e = payload_error(read_all(&bad, &p).unwrap_err());
         assert_eq!(e.name, payload.name, "{e}");
+        assert!(
+            matches!(
+                e.problem,
+                PayloadProblem::Digest {
+                    form: Form::Compressed,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(e
             .to_string()
             .starts_with(&format!("payload {}: ", payload.name)));
