@@ -5,12 +5,14 @@
 //! | [`cli`] | the `basalt` command line |
 //! | [`assets`] | boards, the default spec and the overlays compiled into the binary |
 //! | [`build`] | `basalt build`: root file system, initrd, ESP, slots, disk, outputs |
+//! | [`bundle_cmd`] | `basalt keygen`, `bundle`, `sign`, `inspect`: signed update bundles |
 //! | [`tools`] | running external tools (mmdebstrap, mksquashfs, …) with errors that name them |
 //! | [`progress`] | progress bars and step lines |
 //! | [`qemu`] | booting a built image under QEMU (`basalt run`, and the tests) |
 
 pub mod assets;
 pub mod build;
+pub mod bundle_cmd;
 pub mod cli;
 pub mod progress;
 pub mod qemu;
