@@ -23,15 +23,19 @@ pub enum Decision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[serde(rename_all = "kebab-case", tag = "reason")]
 pub enum Reason {
+    /// The bundle does not list the running board.
     #[error("the bundle is for {}, this device is {running}", boards_list(.bundle_boards))]
     WrongBoard {
         bundle_boards: Vec<BoardId>,
         running: BoardId,
     },
+    /// The bundle's version is the running one.
     #[error("version {offered} is already running")]
     NotNewer { running: Version, offered: Version },
+    /// The bundle's version is older than the running one.
     #[error("version {offered} is older than the running {running}")]
     Downgrade { running: Version, offered: Version },
+    /// The running version is older than the bundle's `min_version`.
     #[error("the bundle replaces {min_version} or newer, this device runs {running}; install an intermediate release first")]
     BelowFloor {
         running: Version,

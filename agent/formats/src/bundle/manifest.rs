@@ -73,6 +73,7 @@ impl fmt::Display for PayloadName {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
+    /// Zstandard, one or more frames.
     Zstd,
 }
 
@@ -80,7 +81,9 @@ pub enum Compression {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Payload {
+    /// What the payload is for; its member is `<name>.zst`.
     pub name: PayloadName,
+    /// Always zstd.
     pub compression: Compression,
     /// Uncompressed bytes.
     pub size: u64,

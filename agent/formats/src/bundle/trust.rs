@@ -18,7 +18,9 @@ pub const MAX_SIGNATURES: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignatureEntry {
+    /// Id of the key that signed.
     pub key_id: KeyId,
+    /// Ed25519 signature of the manifest's exact bytes.
     pub signature: Signature,
 }
 

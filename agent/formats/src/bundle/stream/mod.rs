@@ -65,22 +65,27 @@ impl fmt::Display for Form {
 /// What is wrong with a payload's bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadProblem {
+    /// The stream ended inside the payload.
     #[error("the bundle ends after {read} of its {expected} compressed bytes")]
     Truncated { read: u64, expected: u64 },
+    /// A digest differs from the manifest's.
     #[error("{form} SHA-256 is {actual}, the manifest says {expected}")]
     Digest {
         form: Form,
         actual: Sha256Digest,
         expected: Sha256Digest,
     },
+    /// More bytes came out of zstd than the manifest allows (stopped there).
     #[error("decompresses to more than the manifest's {expected} bytes")]
     TooLong { expected: u64 },
+    /// A size differs from the manifest's.
     #[error("{form} size is {actual} bytes, the manifest says {expected}")]
     Size {
         form: Form,
         actual: u64,
         expected: u64,
     },
+    /// zstd could not decode bytes whose digest was right.
     #[error("zstd: {0}")]
     Zstd(String),
 }
@@ -89,7 +94,9 @@ pub enum PayloadProblem {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("payload {name}: {problem}")]
 pub struct PayloadError {
+    /// The payload.
     pub name: PayloadName,
+    /// What is wrong with it.
     pub problem: PayloadProblem,
 }
 
@@ -119,12 +126,14 @@ pub enum BundleError {
         expected: String,
         found: String,
     },
+    /// A member larger than the format allows.
     #[error("{member}: {size} bytes, more than the {limit} a bundle may have")]
     TooLarge {
         member: String,
         size: u64,
         limit: u64,
     },
+    /// A payload member whose size is not the manifest's `compressed_size`.
     #[error(
         "{member}: {size} bytes, the manifest says payload {name} has {expected} compressed bytes"
     )]
