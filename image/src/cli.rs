@@ -2,7 +2,7 @@
 
 use crate::build::{self, BuildOptions, SpecSource};
 use crate::mesh_cmd::{self, MeshCommand};
-use crate::{config_cmd, qemu};
+use crate::{bundle_cmd, config_cmd, qemu};
 use anyhow::{bail, Context, Result};
 use basalt_formats::record::BuildRecord;
 use basalt_formats::BoardId;
@@ -16,7 +16,7 @@ use std::time::Duration;
     name = "basalt",
     version,
     about = "Build immutable A/B appliance images for edge devices",
-    after_help = "Examples:\n  basalt build                                   # the default appliance for x86_64-uefi, into ./out\n  basalt build my-spec.yaml --board arm64-uefi --out build/\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt mesh token --network lab\n  basalt config validate user-data.yaml"
+    after_help = "Examples:\n  basalt build                                   # the default appliance for x86_64-uefi, into ./out\n  basalt build my-spec.yaml --board arm64-uefi --out build/\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt mesh token --network lab\n  basalt config validate user-data.yaml\n  basalt keygen --out keys/release\n  basalt bundle out/basalt-appliance-0.1.0-x86_64-uefi.img --key keys/release.key"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -80,6 +80,80 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
+    /// Make an Ed25519 key pair for signing bundles: NAME.key (secret, mode 0600) and NAME.pub.
+    ///
+    /// Never overwrites an existing key. Prints the public key.
+    #[command(
+        after_help = "Examples:\n  basalt keygen --out keys/release\n  basalt keygen --out keys/release-2025 --json"
+    )]
+    Keygen {
+        /// Name of the key files, without extension.
+        #[arg(long, value_name = "NAME")]
+        out: PathBuf,
+        /// Print the key and file names as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a signed update bundle (.basalt) from a built image.
+    ///
+    /// Takes slot A's root file system image, kernel and initrd from the
+    /// image, compresses each with zstd and signs the manifest.
+    #[command(
+        after_help = "Examples:\n  basalt bundle out/basalt-appliance-1.2.0-x86_64-uefi.img --key keys/release.key\n  basalt bundle out/basalt-appliance-1.2.0-x86_64-uefi.img --key keys/release.key --min-version 1.0.0 --out update.basalt --json"
+    )]
+    Bundle {
+        /// The .img made by `basalt build` (its .json build record must be beside it).
+        image: PathBuf,
+        /// Secret key to sign with (made by `basalt keygen`).
+        #[arg(long, value_name = "NAME.key")]
+        key: PathBuf,
+        /// The oldest running version this bundle may replace (default: any).
+        #[arg(long, value_name = "VERSION")]
+        min_version: Option<semver::Version>,
+        /// Bundle to write (default: <stem>.basalt beside the image).
+        #[arg(long, value_name = "FILE.basalt")]
+        out: Option<PathBuf>,
+        /// Print the manifest as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a signature to a bundle (for a second key, or a rotated one).
+    #[command(
+        after_help = "Examples:\n  basalt sign update.basalt --key keys/release-2025.key\n  basalt sign update.basalt --key keys/second-signer.key --json"
+    )]
+    Sign {
+        /// The bundle; rewritten in place.
+        bundle: PathBuf,
+        /// Secret key to sign with.
+        #[arg(long, value_name = "K.key")]
+        key: PathBuf,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a bundle's manifest and signatures, and check its payloads.
+    ///
+    /// Exits with status 1 when a payload does not match its manifest, or
+    /// when --trust is given and the signatures do not meet the policy.
+    #[command(
+        after_help = "Examples:\n  basalt inspect update.basalt\n  basalt inspect update.basalt --trust keys/release.pub\n  basalt inspect update.basalt --trust old.pub --trust new.pub --threshold 2 --no-payloads --json"
+    )]
+    Inspect {
+        /// The bundle.
+        bundle: PathBuf,
+        /// A trusted public key: a .pub file or the key itself. Repeat for several.
+        #[arg(long, value_name = "K.pub")]
+        trust: Vec<String>,
+        /// Trusted keys that must have signed (default 1).
+        #[arg(long, requires = "trust")]
+        threshold: Option<usize>,
+        /// Skip streaming the payloads through zstd and SHA-256.
+        #[arg(long)]
+        no_payloads: bool,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make and read the network tokens devices join a mesh with.
     #[command(
         after_help = "Examples:\n  basalt mesh token --network lab\n  basalt mesh token --network edge --bootstrap seed.example.com:51820 --json\n  basalt mesh inspect basalt-mesh-v1:AQAD…"
@@ -129,6 +203,10 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        command @ (Command::Keygen { .. }
+        | Command::Bundle { .. }
+        | Command::Sign { .. }
+        | Command::Inspect { .. }) => run_bundle_command(command).map(|()| ExitCode::SUCCESS),
         Command::Build {
             spec,
             board,
@@ -229,19 +307,103 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn run_bundle_command(command: Command) -> Result<()> {
+    match command {
+        Command::Keygen { out, json } => {
+            let k = bundle_cmd::keygen(&out)?;
+            if json {
+                print_json(&k)?;
+            } else {
+                println!("{}", k.public_key);
+                eprintln!(
+                    "wrote {} and {} (key id {})",
+                    k.secret_key_file.display(),
+                    k.public_key_file.display(),
+                    k.key_id
+                );
+            }
+        }
+        Command::Bundle {
+            image,
+            key,
+            min_version,
+            out,
+            json,
+        } => {
+            let b = bundle_cmd::bundle(&bundle_cmd::BundleOptions {
+                image,
+                key,
+                min_version,
+                out,
+                created: bundle_cmd::created_now(),
+            })?;
+            if json {
+                print_json(&b)?;
+            } else {
+                println!(
+                    "{}  {} {} signed by {}",
+                    b.bundle.display(),
+                    b.manifest.name,
+                    b.manifest.version,
+                    b.key_id
+                );
+            }
+        }
+        Command::Sign { bundle, key, json } => {
+            let s = bundle_cmd::sign(&bundle, &key)?;
+            if json {
+                print_json(&s)?;
+            } else {
+                println!(
+                    "{}  signed by {} ({} signatures)",
+                    s.bundle.display(),
+                    s.key_id,
+                    s.signatures
+                );
+            }
+        }
+        Command::Inspect {
+            bundle,
+            trust,
+            threshold,
+            no_payloads,
+            json,
+        } => {
+            let trust = trust
+                .iter()
+                .map(|t| bundle_cmd::read_public_key(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            let report = bundle_cmd::inspect(&bundle_cmd::InspectOptions {
+                bundle,
+                trust,
+                threshold,
+                payloads: !no_payloads,
+            })?;
+            if json {
+                print_json(&report)?;
+            } else {
+                print!("{}", report.render());
+            }
+            bundle_cmd::require_ok(&report)?;
+        }
+        Command::Build { .. }
+        | Command::Run { .. }
+        | Command::Mesh { .. }
+        | Command::Config { .. } => {
+            unreachable!("handled by run")
+        }
+    }
+    Ok(())
+}
+
 /// The build record next to an image: `X.img`, `X.img.zst` and `X.qcow2` all belong to `X.json`.
 fn record_beside(image: &Path) -> Result<BuildRecord> {
-    let name = image
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    let stem = name
-        .strip_suffix(".img.zst")
-        .or_else(|| name.strip_suffix(".img"))
-        .or_else(|| name.strip_suffix(".qcow2"))
-        .unwrap_or(&name);
-    let path = image.with_file_name(format!("{stem}.json"));
+    let path = build::record_path(image);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "reading the build record {} (or pass --board)",

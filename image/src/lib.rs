@@ -6,6 +6,7 @@
 //! | [`assets`] | boards, the default spec and the overlays compiled into the binary |
 //! | [`config_cmd`] | `basalt config validate`: checking a cloud-config |
 //! | [`build`] | `basalt build`: root file system, initrd, ESP, slots, disk, outputs |
+//! | [`bundle_cmd`] | `basalt keygen`, `bundle`, `sign`, `inspect`: signed update bundles |
 //! | [`mesh_cmd`] | `basalt mesh`: network tokens |
 //! | [`tools`] | running external tools (mmdebstrap, mksquashfs, …) with errors that name them |
 //! | [`progress`] | progress bars and step lines |
@@ -13,6 +14,7 @@
 
 pub mod assets;
 pub mod build;
+pub mod bundle_cmd;
 pub mod cli;
 pub mod config_cmd;
 pub mod mesh_cmd;

@@ -3,10 +3,13 @@
 //!
 //! Everything here is parsing and validation: no file, device or network
 //! access. What a user writes (`*File` types, straight from serde) is kept
-//! apart from the checked object the rest of the code works with.
+//! apart from the checked object the rest of the code works with. The
+//! streaming bundle reader and writer ([`bundle::stream`]) are behind the
+//! `stream` feature, as they bring zstd and tar.
 
 pub mod board;
 pub mod boot;
+pub mod bundle;
 pub mod cloud_config;
 pub mod cmdline;
 pub mod entry;

@@ -174,14 +174,7 @@ impl ImageSpec {
                 found: file.spec_version,
             });
         }
-        if file.name.is_empty()
-            || file.name.len() > 63
-            || !file
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            || file.name.starts_with('-')
-        {
+        if !is_image_name(&file.name) {
             return Err(invalid(
                 "name",
                 format!(
@@ -298,6 +291,15 @@ impl ImageSpec {
             kernel_cmdline: file.kernel_cmdline,
         })
     }
+}
+
+/// An image name: 1-63 characters of `a-z`, `0-9` and `-`, not starting with `-`.
+pub fn is_image_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
 }
 
 /// Debian policy 5.6.1: lower case letters, digits, `+`, `-`, `.`; at least two

@@ -146,6 +146,22 @@ pub fn artifact_stem(spec: &ImageSpec, board: BoardId) -> String {
     format!("{}-{}-{board}", spec.name, spec.version)
 }
 
+/// The build record beside an image: `X.img`, `X.img.zst` and `X.qcow2` all
+/// belong to `X.json`.
+pub fn record_path(image: &Path) -> PathBuf {
+    let name = image
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let stem = name
+        .strip_suffix(".img.zst")
+        .or_else(|| name.strip_suffix(".img"))
+        .or_else(|| name.strip_suffix(".qcow2"))
+        .unwrap_or(&name);
+    image.with_file_name(format!("{stem}.json"))
+}
+
 /// What a build made and how.
 #[derive(Debug, Clone)]
 pub struct BuildOutcome {

@@ -1,0 +1,380 @@
+//! The bundle manifest: what a bundle holds and which devices may take it.
+//!
+//! ```json
+//! {
+//!   "format": 1,
+//!   "name": "basalt-appliance",
+//!   "version": "1.2.0",
+//!   "boards": ["x86_64-uefi"],
+//!   "min_version": "1.0.0",
+//!   "created": 1700000000,
+//!   "rootfs_type": "squashfs",
+//!   "payloads": [
+//!     { "name": "rootfs", "compression": "zstd", "size": 402653184, "sha256": "…",
+//!       "compressed_size": 150994944, "compressed_sha256": "…" }
+//!   ]
+//! }
+//! ```
+
+use super::digest::Sha256Digest;
+use crate::board::BoardId;
+use crate::size::GIB;
+use crate::spec::RootfsType;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The manifest format this crate reads and writes.
+pub const MANIFEST_FORMAT: u32 = 1;
+/// The largest payload, compressed or not.
+pub const MAX_PAYLOAD_SIZE: u64 = 64 * GIB;
+
+/// What a payload is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadName {
+    /// The root file system image (squashfs or erofs) for the inactive slot.
+    Rootfs,
+    /// The slot's kernel (an EFI-stub image on UEFI boards).
+    Kernel,
+    /// The slot's basalt initrd.
+    Initrd,
+}
+
+impl PayloadName {
+    /// Every payload name, in the order the builder writes them.
+    pub const ALL: [PayloadName; 3] = [
+        PayloadName::Rootfs,
+        PayloadName::Kernel,
+        PayloadName::Initrd,
+    ];
+
+    /// The name as written in the manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayloadName::Rootfs => "rootfs",
+            PayloadName::Kernel => "kernel",
+            PayloadName::Initrd => "initrd",
+        }
+    }
+
+    /// The name of the payload's member in the bundle (`rootfs.zst`).
+    pub fn member_name(self) -> String {
+        format!("{}.zst", self.as_str())
+    }
+}
+
+impl fmt::Display for PayloadName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a payload is compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Zstandard, one or more frames.
+    Zstd,
+}
+
+/// One payload: its sizes and digests before and after compression.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Payload {
+    /// What the payload is for; its member is `<name>.zst`.
+    pub name: PayloadName,
+    /// Always zstd.
+    pub compression: Compression,
+    /// Uncompressed bytes.
+    pub size: u64,
+    /// SHA-256 of the uncompressed bytes.
+    pub sha256: Sha256Digest,
+    /// Bytes of the payload's member in the bundle.
+    pub compressed_size: u64,
+    /// SHA-256 of the member's bytes.
+    pub compressed_sha256: Sha256Digest,
+}
+
+/// A bundle manifest. Build one with [`Manifest::parse`] (which validates)
+/// or fill the fields and call [`Manifest::validate`] before writing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always [`MANIFEST_FORMAT`].
+    pub format: u32,
+    /// Name of the image (the spec's `name`).
+    pub name: String,
+    /// Version of the image the bundle installs.
+    pub version: semver::Version,
+    /// Boards the bundle may be installed on.
+    pub boards: Vec<BoardId>,
+    /// The oldest running version this bundle may replace.
+    pub min_version: semver::Version,
+    /// When the bundle was made, in UNIX seconds.
+    pub created: u64,
+    /// File system of the root payload.
+    pub rootfs_type: RootfsType,
+    /// The payloads, in the order their members follow in the bundle.
+    pub payloads: Vec<Payload>,
+}
+
+/// A manifest that does not parse or breaks a rule. Each variant names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest.json: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("manifest.json: format {0} is not supported; this basalt reads format 1")]
+    UnsupportedFormat(u32),
+    #[error("manifest.json: {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl Manifest {
+    /// Parses and validates manifest bytes. Verify signatures over the same
+    /// bytes first ([`super::verify`] does both).
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        // Read `format` alone first, so a newer format is reported as such
+        // rather than as an unknown field.
+        #[derive(Deserialize)]
+        struct Format {
+            format: u32,
+        }
+        if let Ok(Format { format }) = serde_json::from_slice::<Format>(bytes) {
+            if format != MANIFEST_FORMAT {
+                return Err(ManifestError::UnsupportedFormat(format));
+            }
+        }
+        let manifest: Manifest = serde_json::from_slice(bytes)?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// Checks the rules that span fields.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let invalid = |field: String, reason: String| ManifestError::Invalid { field, reason };
+        if self.format != MANIFEST_FORMAT {
+            return Err(ManifestError::UnsupportedFormat(self.format));
+        }
+        if !crate::spec::is_image_name(&self.name) {
+            return Err(invalid(
+                "name".into(),
+                format!(
+                    "{:?} must be 1-63 characters of a-z, 0-9 and '-', not starting with '-'",
+                    self.name
+                ),
+            ));
+        }
+        if self.boards.is_empty() {
+            return Err(invalid("boards".into(), "no boards listed".into()));
+        }
+        for (i, b) in self.boards.iter().enumerate() {
+            if self.boards[..i].contains(b) {
+                return Err(invalid(format!("boards[{i}]"), format!("{b} listed twice")));
+            }
+        }
+        if self.min_version.cmp_precedence(&self.version).is_gt() {
+            return Err(invalid(
+                "min_version".into(),
+                format!(
+                    "{} is above the bundle's own version {}",
+                    self.min_version, self.version
+                ),
+            ));
+        }
+        for (i, p) in self.payloads.iter().enumerate() {
+            if self.payloads[..i].iter().any(|q| q.name == p.name) {
+                return Err(invalid(
+                    format!("payloads[{i}].name"),
+                    format!("payload {} listed twice", p.name),
+                ));
+            }
+            for (field, size) in [("size", p.size), ("compressed_size", p.compressed_size)] {
+                if size > MAX_PAYLOAD_SIZE {
+                    return Err(invalid(
+                        format!("payloads[{i}].{field}"),
+                        format!(
+                            "payload {}: {size} bytes is over the limit of 64 GiB",
+                            p.name
+                        ),
+                    ));
+                }
+            }
+        }
+        if !self.payloads.iter().any(|p| p.name == PayloadName::Rootfs) {
+            return Err(invalid("payloads".into(), "no rootfs payload".into()));
+        }
+        Ok(())
+    }
+
+    /// The payload called `name`.
+    pub fn payload(&self, name: PayloadName) -> Option<&Payload> {
+        self.payloads.iter().find(|p| p.name == name)
+    }
+
+    /// The bytes the builder writes and signs: pretty JSON and a newline.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).expect("a manifest serialises");
+        out.push(b'\n');
+        out
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn payload(name: PayloadName, size: u64) -> Payload {
+        Payload {
+            name,
+            compression: Compression::Zstd,
+            size,
+            sha256: Sha256Digest([1; 32]),
+            compressed_size: size / 2,
+            compressed_sha256: Sha256Digest([2; 32]),
+        }
+    }
+
+    pub(crate) fn manifest(version: &str, min_version: &str, boards: &[BoardId]) -> Manifest {
+        Manifest {
+            format: 1,
+            name: "basalt-appliance".into(),
+            version: version.parse().unwrap(),
+            boards: boards.to_vec(),
+            min_version: min_version.parse().unwrap(),
+            created: 1_700_000_000,
+            rootfs_type: RootfsType::Squashfs,
+            payloads: vec![
+                payload(PayloadName::Rootfs, 1 << 30),
+                payload(PayloadName::Kernel, 10 << 20),
+                payload(PayloadName::Initrd, 20 << 20),
+            ],
+        }
+    }
+
+    fn good() -> Manifest {
+        manifest("1.2.0", "1.0.0", &[BoardId::X86_64Uefi])
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = good();
+        let bytes = m.to_bytes();
+        assert_eq!(Manifest::parse(&bytes).unwrap(), m);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("\"name\": \"rootfs\""), "{text}");
+        assert!(text.contains("\"compression\": \"zstd\""), "{text}");
+        assert!(text.contains(&"01".repeat(32)), "{text}");
+    }
+
+    /// Rejected manifests: each edit of a good one, and a word the error must contain.
+    #[test]
+    fn rejected() {
+        type Edit = fn(&mut serde_json::Value);
+        let cases: &[(&str, Edit, &str)] = &[
+            (
+                "newer format",
+                |v| v["format"] = 2.into(),
+                "format 2 is not supported",
+            ),
+            (
+                "unknown field",
+                |v| v["colour"] = "red".into(),
+                "unknown field `colour`",
+            ),
+            (
+                "unknown payload field",
+                |v| v["payloads"][0]["mode"] = 1.into(),
+                "unknown field `mode`",
+            ),
+            ("bad name", |v| v["name"] = "Bad Name".into(), "name:"),
+            ("bad version", |v| v["version"] = "1.2".into(), "version"),
+            (
+                "no boards",
+                |v| v["boards"] = serde_json::json!([]),
+                "boards: no boards",
+            ),
+            (
+                "board twice",
+                |v| v["boards"] = serde_json::json!(["x86_64-uefi", "x86_64-uefi"]),
+                "boards[1]",
+            ),
+            (
+                "unknown board",
+                |v| v["boards"] = serde_json::json!(["pdp11"]),
+                "pdp11",
+            ),
+            (
+                "floor above version",
+                |v| v["min_version"] = "2.0.0".into(),
+                "min_version: 2.0.0 is above",
+            ),
+            (
+                "duplicate payload",
+                |v| v["payloads"][1]["name"] = "rootfs".into(),
+                "payloads[1].name: payload rootfs listed twice",
+            ),
+            (
+                "no rootfs",
+                |v| {
+                    let p = v["payloads"].as_array_mut().unwrap();
+                    p.remove(0);
+                },
+                "no rootfs payload",
+            ),
+            (
+                "unknown payload",
+                |v| v["payloads"][2]["name"] = "firmware".into(),
+                "firmware",
+            ),
+            (
+                "other compression",
+                |v| v["payloads"][0]["compression"] = "xz".into(),
+                "xz",
+            ),
+            (
+                "too big",
+                |v| v["payloads"][0]["size"] = (MAX_PAYLOAD_SIZE + 1).into(),
+                "payloads[0].size: payload rootfs: 68719476737 bytes is over the limit of 64 GiB",
+            ),
+            (
+                "too big compressed",
+                |v| v["payloads"][1]["compressed_size"] = u64::MAX.into(),
+                "payloads[1].compressed_size",
+            ),
+            (
+                "short hex",
+                |v| v["payloads"][0]["sha256"] = "abcd".into(),
+                "is not 64 hex digits",
+            ),
+            (
+                "not hex",
+                |v| v["payloads"][0]["compressed_sha256"] = "x".repeat(64).into(),
+                "is not 64 hex digits",
+            ),
+            (
+                "negative size",
+                |v| v["payloads"][0]["size"] = (-1).into(),
+                "expected u64",
+            ),
+        ];
+        for (what, edit, expect) in cases {
+            let mut v = serde_json::to_value(good()).unwrap();
+            edit(&mut v);
+            let bytes = serde_json::to_vec(&v).unwrap();
+            let e = Manifest::parse(&bytes).expect_err(what).to_string();
+            assert!(e.starts_with("manifest.json: "), "{what}: {e}");
+            assert!(e.contains(expect), "{what}: {e:?} lacks {expect:?}");
+        }
+    }
+
+    #[test]
+    fn max_size_is_accepted() {
+        let mut m = good();
+        m.payloads[0].size = MAX_PAYLOAD_SIZE;
+        m.validate().unwrap();
+        let mut m = good();
+        m.min_version = m.version.clone();
+        m.payloads.truncate(1);
+        m.validate().unwrap();
+    }
+}

@@ -1,0 +1,442 @@
+//! Signed bundles made from a small synthetic image: `keygen`, `bundle`,
+//! `sign` and `inspect` through the library and through the binary.
+
+use basalt::build::{disk, esp};
+use basalt::bundle_cmd::{self, BundleOptions, CheckStatus, InspectOptions};
+use basalt_formats::bundle::stream::BundleReader;
+use basalt_formats::bundle::{PayloadName, PublicKey, TrustPolicy};
+use basalt_formats::layout::DiskLayout;
+use basalt_formats::record::BuildRecord;
+use basalt_formats::spec::{RootfsType, Sizes};
+use basalt_formats::{Arch, BoardId, ByteSize, Slot};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use uuid::Uuid;
+
+const EPOCH: u64 = 1_700_000_000;
+
+/// Bytes that are not all alike, so compression and flipped bytes matter.
+fn noise(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            // Half noise, half runs: compressible, but not trivially.
+            if i % 2048 < 1024 {
+                x as u8
+            } else {
+                (i / 4096) as u8
+            }
+        })
+        .collect()
+}
+
+struct Image {
+    img: PathBuf,
+    rootfs: Vec<u8>,
+    kernel: Vec<u8>,
+    initrd: Vec<u8>,
+}
+
+/// A GPT image with a FAT ESP (slot A's kernel and initrd, a different slot
+/// B), a fake root file system image in both root slots, and its build record.
+fn make_image(dir: &Path) -> Image {
+    let sizes = Sizes {
+        esp: ByteSize::mib(4),
+        slot: ByteSize::mib(2),
+        data: ByteSize::mib(1),
+    };
+    let mut rootfs = b"hsqs".to_vec();
+    rootfs.extend(noise(1, 700_001));
+    let kernel = noise(2, 150_000);
+    let initrd = noise(3, 90_000);
+    let slots: Vec<esp::SlotBoot> = Slot::ALL
+        .into_iter()
+        .map(|slot| esp::SlotBoot {
+            slot,
+            version: "1.2.0".into(),
+            title: format!("test (slot {slot})"),
+            kernel: if slot == Slot::A {
+                kernel.clone()
+            } else {
+                vec![0xbb; 1000]
+            },
+            initrd: if slot == Slot::A {
+                initrd.clone()
+            } else {
+                vec![0xcc; 1000]
+            },
+            cmdline: format!("basalt.slot={slot}"),
+        })
+        .collect();
+    let esp_img = dir.join("esp.img");
+    esp::write(
+        &esp_img,
+        sizes.esp.bytes(),
+        Arch::Amd64,
+        b"MZ-efi",
+        &slots,
+        7,
+        EPOCH,
+    )
+    .unwrap();
+    let root_img = dir.join("root.img");
+    std::fs::write(&root_img, &rootfs).unwrap();
+
+    let layout = DiskLayout::uefi(Arch::Amd64, &sizes);
+    let stem = "test-1.2.0-x86_64-uefi";
+    let img = dir.join(format!("{stem}.img"));
+    let guids: Vec<Uuid> = (1..=4u128).map(Uuid::from_u128).collect();
+    let mut f = disk::create(&img, &layout, Uuid::from_u128(9), &guids).unwrap();
+    disk::write_partition(&mut f, &img, &layout, "esp", "sizes.esp", &esp_img).unwrap();
+    for slot in ["root-a", "root-b"] {
+        disk::write_partition(&mut f, &img, &layout, slot, "sizes.slot", &root_img).unwrap();
+    }
+    drop(f);
+    let record = BuildRecord {
+        name: "test".into(),
+        version: "1.2.0".into(),
+        board: BoardId::X86_64Uefi,
+        arch: Arch::Amd64,
+        suite: "bookworm".into(),
+        rootfs_type: RootfsType::Squashfs,
+        kernel_version: "6.1.0-test".into(),
+        source_date_epoch: EPOCH,
+        esp_size: sizes.esp.bytes(),
+        slot_size: sizes.slot.bytes(),
+        data_size: sizes.data.bytes(),
+        rootfs_size: rootfs.len() as u64,
+        disk_size: layout.total_bytes(),
+        packages: vec![],
+        artifacts: vec![],
+    };
+    std::fs::write(
+        dir.join(format!("{stem}.json")),
+        serde_json::to_vec_pretty(&record).unwrap(),
+    )
+    .unwrap();
+    Image {
+        img,
+        rootfs,
+        kernel,
+        initrd,
+    }
+}
+
+fn key(dir: &Path, name: &str) -> (PathBuf, PublicKey) {
+    let out = bundle_cmd::keygen(&dir.join(name)).unwrap();
+    (out.secret_key_file, out.public_key)
+}
+
+fn make_bundle(image: &Image, key: &Path) -> PathBuf {
+    bundle_cmd::bundle(&BundleOptions {
+        image: image.img.clone(),
+        key: key.to_path_buf(),
+        min_version: Some("1.0.0".parse().unwrap()),
+        out: None,
+        created: EPOCH,
+    })
+    .unwrap()
+    .bundle
+}
+
+fn inspect(bundle: &Path, trust: &[PublicKey], threshold: usize) -> bundle_cmd::InspectReport {
+    bundle_cmd::inspect(&InspectOptions {
+        bundle: bundle.to_path_buf(),
+        trust: trust.to_vec(),
+        threshold: Some(threshold),
+        payloads: true,
+    })
+    .unwrap()
+}
+
+#[test]
+fn bundle_carries_slot_a_and_verifies_on_the_device_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = make_image(dir.path());
+    let (secret, public) = key(dir.path(), "release");
+    let bundle = make_bundle(&image, &secret);
+    assert_eq!(bundle, dir.path().join("test-1.2.0-x86_64-uefi.basalt"));
+
+    // What the agent does: verify, then stream each payload.
+    let policy = TrustPolicy::new(vec![public], 1).unwrap();
+    let file = std::fs::File::open(&bundle).unwrap();
+    let mut payloads = BundleReader::new(file).unwrap().verify(&policy).unwrap();
+    let m = payloads.manifest().clone();
+    assert_eq!(m.name, "test");
+    assert_eq!(m.version.to_string(), "1.2.0");
+    assert_eq!(m.min_version.to_string(), "1.0.0");
+    assert_eq!(m.boards, [BoardId::X86_64Uefi]);
+    assert_eq!(m.created, EPOCH);
+    let mut got = Vec::new();
+    while let Some(mut p) = payloads.next_payload().unwrap() {
+        let mut bytes = Vec::new();
+        p.read_to_end(&mut bytes).unwrap();
+        got.push((p.payload().name, bytes));
+    }
+    payloads.finish().unwrap();
+    assert_eq!(
+        got,
+        [
+            (PayloadName::Rootfs, image.rootfs.clone()),
+            (PayloadName::Kernel, image.kernel.clone()),
+            (PayloadName::Initrd, image.initrd.clone()),
+        ]
+    );
+    for p in &m.payloads {
+        assert!(p.compressed_size < p.size, "{} compresses", p.name);
+    }
+
+    // Same image, key and time: the same bundle.
+    let first = std::fs::read(&bundle).unwrap();
+    make_bundle(&image, &secret);
+    assert_eq!(std::fs::read(&bundle).unwrap(), first);
+
+    let report = inspect(&bundle, &[public], 1);
+    assert!(report.problems().is_empty(), "{:?}", report.problems());
+    assert!(report.payloads.iter().all(|p| p.status == CheckStatus::Ok));
+    bundle_cmd::require_ok(&report).unwrap();
+    let text = report.render();
+    assert!(text.contains("policy      met: 1 of 1"), "{text}");
+}
+
+#[test]
+fn sign_adds_a_second_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = make_image(dir.path());
+    let (old_secret, old_public) = key(dir.path(), "old");
+    let (new_secret, new_public) = key(dir.path(), "new");
+    let bundle = make_bundle(&image, &old_secret);
+
+    let report = inspect(&bundle, &[old_public, new_public], 2);
+    let e = bundle_cmd::require_ok(&report).unwrap_err().to_string();
+    assert!(e.contains("1 of 2 required signatures valid"), "{e}");
+
+    let s = bundle_cmd::sign(&bundle, &new_secret).unwrap();
+    assert_eq!(s.signatures, 2);
+    assert_eq!(s.key_id, new_public.key_id());
+    let report = inspect(&bundle, &[old_public, new_public], 2);
+    bundle_cmd::require_ok(&report).unwrap();
+    // A device that trusts only the new key takes it too (key rotation).
+    bundle_cmd::require_ok(&inspect(&bundle, &[new_public], 1)).unwrap();
+
+    let e = bundle_cmd::sign(&bundle, &new_secret).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: key {} has already signed this bundle",
+            bundle.display(),
+            new_public.key_id()
+        )
+    );
+}
+
+#[test]
+fn damage_and_strangers_are_reported_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = make_image(dir.path());
+    let (secret, public) = key(dir.path(), "release");
+    let (_, stranger) = key(dir.path(), "stranger");
+    let bundle = make_bundle(&image, &secret);
+    let bytes = std::fs::read(&bundle).unwrap();
+
+    // An untrusted key.
+    let report = inspect(&bundle, &[stranger], 1);
+    let e = bundle_cmd::require_ok(&report).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "0 of 1 required signatures valid; key {} not trusted",
+            public.key_id()
+        )),
+        "{e}"
+    );
+
+    // One flipped byte inside the kernel payload.
+    let reader = BundleReader::new(&bytes[..]).unwrap();
+    let m: basalt_formats::bundle::Manifest =
+        serde_json::from_slice(reader.manifest_bytes()).unwrap();
+    let block = |n: u64| 512 + n.div_ceil(512) * 512;
+    let kernel_start = block(reader.manifest_bytes().len() as u64)
+        + block(reader.signatures().to_bytes().len() as u64)
+        + block(m.payloads[0].compressed_size)
+        + 512;
+    let mut flipped = bytes.clone();
+    flipped[(kernel_start + m.payloads[1].compressed_size / 3) as usize] ^= 0x10;
+    let damaged = dir.path().join("flipped.basalt");
+    std::fs::write(&damaged, &flipped).unwrap();
+    let report = inspect(&damaged, &[public], 1);
+    let statuses: Vec<_> = report.payloads.iter().map(|p| p.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            CheckStatus::Ok,
+            CheckStatus::Failed,
+            CheckStatus::NotChecked
+        ]
+    );
+    let e = bundle_cmd::require_ok(&report).unwrap_err().to_string();
+    assert!(e.contains("payload kernel: compressed SHA-256 is "), "{e}");
+    assert!(
+        e.contains("payload initrd: not checked after the earlier error"),
+        "{e}"
+    );
+
+    // Truncated in the middle of the root file system payload.
+    let truncated = dir.path().join("truncated.basalt");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let report = inspect(&truncated, &[public], 1);
+    let e = bundle_cmd::require_ok(&report).unwrap_err().to_string();
+    assert!(e.contains("payload rootfs: the bundle ends after"), "{e}");
+
+    // Truncated inside the manifest: nothing to show.
+    std::fs::write(&truncated, &bytes[..600]).unwrap();
+    let e = bundle_cmd::inspect(&InspectOptions {
+        bundle: truncated.clone(),
+        trust: vec![],
+        threshold: None,
+        payloads: false,
+    })
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{}: the bundle ends inside manifest.json",
+            truncated.display()
+        )
+    );
+}
+
+#[test]
+fn keygen_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = bundle_cmd::keygen(&dir.path().join("k")).unwrap();
+    assert_eq!(out.secret_key_file, dir.path().join("k.key"));
+    let mode = std::fs::metadata(&out.secret_key_file)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let public = std::fs::read_to_string(&out.public_key_file).unwrap();
+    assert_eq!(public.trim(), out.public_key.to_string());
+    let before = std::fs::read(&out.secret_key_file).unwrap();
+    let e = bundle_cmd::keygen(&dir.path().join("k")).unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    assert_eq!(std::fs::read(&out.secret_key_file).unwrap(), before);
+    // A public key is read from its file or given as text.
+    let p = out.public_key_file.to_str().unwrap();
+    assert_eq!(bundle_cmd::read_public_key(p).unwrap(), out.public_key);
+    assert_eq!(
+        bundle_cmd::read_public_key(&out.public_key.to_string()).unwrap(),
+        out.public_key
+    );
+}
+
+fn basalt(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_basalt"))
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", EPOCH.to_string())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_keygen_bundle_sign_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = make_image(dir.path());
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+
+    let (code, out, err) = basalt(&["keygen", "--out", &path("a")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("basalt-ed25519:"), "{out}");
+    let (code, out, err) = basalt(&["keygen", "--out", &path("b"), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let b: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let b_id = b["key_id"].as_str().unwrap().to_string();
+    let (code, _, err) = basalt(&["keygen", "--out", &path("a")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("a.key already exists"), "{err}");
+
+    let bundle = path("update.basalt");
+    let (code, out, err) = basalt(&[
+        "bundle",
+        image.img.to_str().unwrap(),
+        "--key",
+        &path("a.key"),
+        "--min-version",
+        "1.1.0",
+        "--out",
+        &bundle,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let made: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(made["manifest"]["min_version"], "1.1.0");
+    assert_eq!(made["manifest"]["created"], EPOCH);
+
+    let (code, out, err) = basalt(&["sign", &bundle, "--key", &path("b.key")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&b_id) && out.contains("2 signatures"), "{out}");
+
+    let (code, out, err) = basalt(&[
+        "inspect",
+        &bundle,
+        "--trust",
+        &path("a.pub"),
+        "--trust",
+        &path("b.pub"),
+        "--threshold",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["policy"]["met"], true);
+    assert_eq!(report["payloads"].as_array().unwrap().len(), 3);
+    assert_eq!(report["signatures"][1]["key_id"], b_id.as_str());
+    assert_eq!(report["signatures"][1]["status"], "valid");
+
+    let (code, out, err) = basalt(&["inspect", &bundle]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("version     1.2.0"), "{out}");
+    assert!(out.contains(&format!("key {b_id}")), "{out}");
+
+    // A flipped byte near the end of the root file system payload.
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let rootfs_end = made["manifest"]["payloads"][0]["compressed_size"]
+        .as_u64()
+        .unwrap();
+    let reader = BundleReader::new(&bytes[..]).unwrap();
+    let start = 1024
+        + (reader.manifest_bytes().len() as u64).div_ceil(512) * 512
+        + (reader.signatures().to_bytes().len() as u64).div_ceil(512) * 512
+        + 512;
+    bytes[(start + rootfs_end - 100) as usize] ^= 1;
+    std::fs::write(&bundle, &bytes).unwrap();
+    let (code, _, err) = basalt(&["inspect", &bundle, "--trust", &path("a.pub")]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("update.basalt: payload rootfs: compressed SHA-256 is "),
+        "{err}"
+    );
+    // The signatures are still fine: only the payload is named.
+    assert!(!err.contains("signatures valid"), "{err}");
+    let (code, _, err) = basalt(&["inspect", &bundle, "--no-payloads"]);
+    assert_eq!(code, 0, "{err}");
+
+    // Help with examples for the new commands.
+    for sub in ["keygen", "bundle", "sign", "inspect"] {
+        let (code, out, _) = basalt(&[sub, "--help"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("Examples:"), "basalt {sub} --help:\n{out}");
+    }
+}
