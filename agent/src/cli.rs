@@ -1,7 +1,7 @@
 //! The command line of `basalt-agent`.
 
 use clap::{Parser, Subcommand};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
@@ -23,6 +23,67 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Signed A/B updates, one visible step at a time.
+    #[command(subcommand)]
+    Update(UpdateCommand),
+    /// Decide whether this boot is good (run by basalt-health.service before boot-complete.target).
+    ///
+    /// Exits 0 when every check passes. When a check fails on a trial boot,
+    /// reboots so the boot loader counts the failure and, after the last try,
+    /// falls back to the other slot.
+    Health {
+        #[arg(long)]
+        json: bool,
+        /// Report only; never reboot.
+        #[arg(long)]
+        no_reboot: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UpdateCommand {
+    /// Verify a bundle's signatures and say whether it would install here. Writes nothing.
+    ///
+    /// Example: basalt-agent update check /media/usb/basalt-appliance-0.2.0.basalt
+    Check {
+        /// Bundle file or block device, or - for standard input.
+        bundle: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the inactive slot from a bundle, verifying it while it streams.
+    ///
+    /// Example: curl -s https://updates.example/x.basalt | basalt-agent update stage -
+    Stage {
+        bundle: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Arm the boot loader to try the staged slot on the next boot (3 tries).
+    ///
+    /// Example: basalt-agent update apply --reboot
+    Apply {
+        /// Reboot into the new slot right away.
+        #[arg(long)]
+        reboot: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show both slots, the boot loader's entries and failed updates.
+    ///
+    /// Example: basalt-agent update status --json
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the running slot permanent now, without waiting for the health checks.
+    ///
+    /// Example: basalt-agent update mark-good
+    MarkGood,
+    /// Cancel an armed update, or give up on the running trial (the other slot boots next).
+    ///
+    /// Example: basalt-agent update revert
+    Revert,
 }
 
 /// Exit codes: 0 success, 1 failure, 2 bad usage (clap).
@@ -43,6 +104,8 @@ pub fn main() -> ExitCode {
             }
             Ok(())
         }
+        Command::Update(u) => run_update(u),
+        Command::Health { json, no_reboot } => return run_health(json, no_reboot),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -51,4 +114,138 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn print(json: bool, value: &impl serde::Serialize, human: String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("serialises")
+        );
+    } else {
+        println!("{human}");
+    }
+}
+
+fn open_source(path: &Path) -> anyhow::Result<Box<dyn std::io::Read>> {
+    use anyhow::Context;
+    if path == Path::new("-") {
+        return Ok(Box::new(std::io::stdin().lock()));
+    }
+    let f =
+        std::fs::File::open(path).with_context(|| format!("opening bundle {}", path.display()))?;
+    Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, f)))
+}
+
+fn run_update(cmd: UpdateCommand) -> anyhow::Result<()> {
+    use crate::update;
+    let device = update::Device::open()?;
+    let fail = |e: update::UpdateError| {
+        anyhow::anyhow!(
+            "{e} [{}]",
+            serde_json::to_string(&e.disposition())
+                .unwrap_or_default()
+                .trim_matches('"')
+        )
+    };
+    match cmd {
+        UpdateCommand::Check { bundle, json } => {
+            let r = update::check_bundle(open_source(&bundle)?, &device).map_err(fail)?;
+            print(json, &r, r.decision.clone());
+        }
+        UpdateCommand::Stage { bundle, json } => {
+            let r = update::stage(open_source(&bundle)?, &device).map_err(fail)?;
+            print(
+                json,
+                &r,
+                format!(
+                    "staged {} in slot {}; run `basalt-agent update apply` to boot it",
+                    r.bundle_version, r.target_slot
+                ),
+            );
+        }
+        UpdateCommand::Apply { reboot, json } => {
+            let slot = update::apply(&device).map_err(fail)?;
+            print(
+                json,
+                &serde_json::json!({ "armed_slot": slot, "tries": update::TRIES }),
+                format!("slot {slot} armed with {} tries", update::TRIES),
+            );
+            if reboot {
+                let status = std::process::Command::new("systemctl")
+                    .arg("reboot")
+                    .status()?;
+                anyhow::ensure!(status.success(), "systemctl reboot: {status}");
+            }
+        }
+        UpdateCommand::Status { json } => {
+            let r = update::status(&device).map_err(fail)?;
+            let mut human = format!("running slot {} ({})\n", r.running_slot, r.running_version);
+            for e in &r.entries {
+                human += &format!("entry {} ({:?})\n", e.file, e.assessment);
+            }
+            for f in &r.state.failed {
+                human += &format!(
+                    "failed update: {} in slot {} rolled back\n",
+                    f.version, f.slot
+                );
+            }
+            print(json, &r, human.trim_end().to_string());
+        }
+        UpdateCommand::MarkGood => {
+            let changed = update::mark_good(&device).map_err(fail)?;
+            println!(
+                "{}",
+                if changed {
+                    "running slot marked good"
+                } else {
+                    "running slot was already good"
+                }
+            );
+        }
+        UpdateCommand::Revert => println!("{}", update::revert(&device).map_err(fail)?),
+    }
+    Ok(())
+}
+
+fn run_health(json: bool, no_reboot: bool) -> ExitCode {
+    use crate::update::health;
+    let checks = crate::provision::current_config(Path::new(crate::provision::STATE_DIR))
+        .and_then(|c| c.basalt)
+        .and_then(|b| b.health)
+        .map(|h| h.checks)
+        .unwrap_or_default();
+    let outcomes = health::run_checks(Path::new(health::READY_PATH), &checks);
+    let ok = outcomes.iter().all(|o| o.ok);
+    let _ = std::fs::write(
+        "/run/basalt/health.json",
+        serde_json::to_vec_pretty(&outcomes).unwrap_or_default(),
+    );
+    let human: Vec<String> = outcomes
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {}: {}",
+                if o.ok { "ok  " } else { "FAIL" },
+                o.name,
+                o.detail
+            )
+        })
+        .collect();
+    print(json, &outcomes, human.join("\n"));
+    if ok {
+        return ExitCode::SUCCESS;
+    }
+    // On a trial boot, a failed check must cost a try: reboot and let the boot loader count it.
+    let trial = crate::update::Device::open()
+        .ok()
+        .and_then(|d| d.esp.entry(d.boot.slot).ok().flatten())
+        .is_some_and(|e| e.counter.is_some());
+    if trial && !no_reboot {
+        log::error!("this boot failed its health checks: rebooting so the boot loader counts the failed try");
+        let _ = std::process::Command::new("systemctl")
+            .args(["reboot", "--no-block"])
+            .status();
+    }
+    ExitCode::FAILURE
 }

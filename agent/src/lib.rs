@@ -7,6 +7,7 @@
 //! | [`provision`] | cloud-config: sources, merge, apply once or every boot |
 //! | [`service`] | `basalt-agent run`, the systemd service |
 //! | [`mesh`] | the WireGuard mesh: wanted peers and the reconcile diff |
+//! | [`update`] | signed A/B updates: check, stage, apply, revert, health, rollback detection |
 //! | [`status`] | what the operator sees: `basalt-agent status` |
 //! | [`cli`] | the command line |
 
@@ -18,3 +19,4 @@ pub mod mesh;
 pub mod provision;
 pub mod service;
 pub mod status;
+pub mod update;

@@ -57,6 +57,10 @@ pub fn run() -> anyhow::Result<()> {
             ))],
         );
     }
+    match crate::update::Device::open() {
+        Ok(device) => crate::update::reconcile_on_boot(&device),
+        Err(e) => warn!("update state not checked: {e}"),
+    }
     let st = status::collect(Path::new("/"));
     for e in &st.errors {
         warn!("{e}");

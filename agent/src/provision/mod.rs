@@ -231,7 +231,7 @@ pub fn provision(
         }
     }
     status.once_done = marker.exists();
-    if all_valid && ok {
+    if all_valid {
         if let Err(e) = save_last_good(state_dir, &texts_in_force) {
             fail(
                 &mut status,
@@ -303,6 +303,12 @@ fn save_last_good(state_dir: &Path, texts: &[SourceText]) -> std::io::Result<()>
 fn load_last_good(state_dir: &Path) -> Option<Vec<SourceText>> {
     let bytes = std::fs::read(last_good_path(state_dir)).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// The configuration in force: the last good set of sources, merged.
+pub fn current_config(state_dir: &Path) -> Option<CloudConfig> {
+    let texts = load_last_good(state_dir)?;
+    Some(merge_parsed(&parse_all(texts)).0.config)
 }
 
 pub fn status_path(state_dir: &Path) -> PathBuf {

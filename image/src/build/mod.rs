@@ -504,8 +504,8 @@ fn customise(
     Ok(())
 }
 
-/// Enables basalt's own units (`basalt-*.service`) by their `WantedBy=`, as
-/// `systemctl enable` would.
+/// Enables basalt's own units (`basalt-*.service`) by their `WantedBy=` and
+/// `RequiredBy=`, as `systemctl enable` would.
 fn enable_units(root: &Path) -> Result<()> {
     let units = root.join("usr/lib/systemd/system");
     let mut names: Vec<String> = std::fs::read_dir(&units)
@@ -520,14 +520,22 @@ fn enable_units(root: &Path) -> Result<()> {
         let text = std::fs::read_to_string(&unit)
             .with_context(|| format!("reading {}", unit.display()))?;
         for line in text.lines() {
-            if let Some(targets) = line.trim().strip_prefix("WantedBy=") {
-                for t in targets.split_whitespace() {
-                    let dir = root.join("etc/systemd/system").join(format!("{t}.wants"));
-                    std::fs::create_dir_all(&dir)?;
-                    let link = dir.join(&name);
-                    let _ = std::fs::remove_file(&link);
-                    std::os::unix::fs::symlink(format!("/usr/lib/systemd/system/{name}"), &link)?;
-                }
+            let line = line.trim();
+            let (targets, suffix) = if let Some(t) = line.strip_prefix("WantedBy=") {
+                (t, "wants")
+            } else if let Some(t) = line.strip_prefix("RequiredBy=") {
+                (t, "requires")
+            } else {
+                continue;
+            };
+            for t in targets.split_whitespace() {
+                let dir = root
+                    .join("etc/systemd/system")
+                    .join(format!("{t}.{suffix}"));
+                std::fs::create_dir_all(&dir)?;
+                let link = dir.join(&name);
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(format!("/usr/lib/systemd/system/{name}"), &link)?;
             }
         }
     }

@@ -1,0 +1,562 @@
+//! Signed A/B updates on the device: `basalt-agent update check | stage |
+//! apply | status | mark-good | revert`, and the boot's health decision.
+//!
+//! - `check` is a pure decision over the bundle's verified manifest and the
+//!   running release.
+//! - `stage` verifies the manifest's signatures before writing a byte, takes
+//!   the inactive slot out of the boot menu, streams the root file system
+//!   through zstd and SHA-256 straight into the slot's partition, reads it
+//!   back, and puts the new kernel and initrd beside the old ones on the ESP.
+//!   Any failure marks the inactive slot bad; the running slot and its boot
+//!   entry are never touched.
+//! - `apply` arms the boot loader: a loader entry with a boot counter (`+3`).
+//! - After the reboot, `basalt-health.service` (ordered before
+//!   `boot-complete.target`) runs [`health`]; `systemd-bless-boot` makes the
+//!   entry permanent only if it passed. A failing trial reboots; after three
+//!   tries systemd-boot starts the old slot, and [`on_boot`] records which
+//!   version failed.
+
+pub mod esp;
+pub mod health;
+pub mod state;
+
+use basalt_formats::boot::{BootInfo, BOOT_INFO_PATH};
+use basalt_formats::bundle::stream::{BundleError, BundleReader};
+use basalt_formats::bundle::{
+    check, Decision, Manifest, PayloadName, PublicKey, Reason, TrustPolicy,
+};
+use basalt_formats::entry::{Assessment, EntryName};
+use basalt_formats::release::{Release, RELEASE_PATH};
+use basalt_formats::Slot;
+use esp::Esp;
+use log::{error, info, warn};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use state::{SlotRecord, UpdateState};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// Boot attempts a freshly applied slot gets.
+pub const TRIES: u32 = 3;
+
+/// What to do about a failed update step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Disposition {
+    /// A passing fault (a dropped download): the same bundle may succeed later.
+    Retry,
+    /// This bundle will never install here: refused, badly signed or damaged.
+    GiveUp,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error("bundle refused: {0}")]
+    Refused(Reason),
+    #[error("bundle: {0}")]
+    Bundle(#[from] BundleError),
+    #[error("no trusted update keys: set basalt.update.trusted_keys in cloud-config")]
+    NoTrust,
+    #[error("trusted keys: {0}")]
+    Policy(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("slot {slot} holds nothing staged; run `basalt-agent update stage BUNDLE` first")]
+    NotStaged { slot: Slot },
+    #[error("the root file system payload ({size} bytes) does not fit slot {slot}'s partition ({room} bytes)")]
+    TooBig { slot: Slot, size: u64, room: u64 },
+    #[error("slot {slot} read back with SHA-256 {found}, but the manifest says {expected}: the write did not stick")]
+    ReadBack {
+        slot: Slot,
+        expected: String,
+        found: String,
+    },
+    #[error("no partition for slot {0} on the boot disk")]
+    NoSlotDevice(Slot),
+}
+
+impl UpdateError {
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            UpdateError::Bundle(e) if e.is_retryable() => Disposition::Retry,
+            UpdateError::Io { .. } => Disposition::Retry,
+            _ => Disposition::GiveUp,
+        }
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpdateError {
+    let what = what.into();
+    move |source| UpdateError::Io { what, source }
+}
+
+/// The device as an update sees it.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub esp: Esp,
+    pub state_dir: PathBuf,
+    pub release: Release,
+    pub boot: BootInfo,
+    /// Block device of each slot's root partition.
+    pub slot_devices: Vec<(Slot, PathBuf)>,
+    pub policy: Option<TrustPolicy>,
+}
+
+impl Device {
+    /// Reads the running device's release, boot info, partitions and trusted keys.
+    pub fn open() -> Result<Device, UpdateError> {
+        let release: Release = read_json(Path::new(RELEASE_PATH))?;
+        let boot: BootInfo = read_json(Path::new(BOOT_INFO_PATH))?;
+        let disks = crate::disk::scan_disks(&crate::disk::SysRoots::default());
+        let disk = disks
+            .iter()
+            .find(|d| d.dev_path.display().to_string() == boot.disk);
+        let mut slot_devices = Vec::new();
+        for slot in Slot::ALL {
+            if let Some(p) = disk
+                .and_then(|d| d.part(&slot.root_label()))
+                .and_then(|p| p.dev_path.clone())
+            {
+                slot_devices.push((slot, p));
+            }
+        }
+        let policy = trust_policy_from_config()?;
+        Ok(Device {
+            esp: Esp::default(),
+            state_dir: PathBuf::from(state::STATE_DIR),
+            release,
+            boot,
+            slot_devices,
+            policy,
+        })
+    }
+
+    fn slot_device(&self, slot: Slot) -> Result<&Path, UpdateError> {
+        self.slot_devices
+            .iter()
+            .find(|(s, _)| *s == slot)
+            .map(|(_, p)| p.as_path())
+            .ok_or(UpdateError::NoSlotDevice(slot))
+    }
+
+    pub fn target(&self) -> Slot {
+        self.boot.slot.other()
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, UpdateError> {
+    let bytes = std::fs::read(path).map_err(io_err(path.display().to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| UpdateError::Io {
+        what: path.display().to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })
+}
+
+/// The trust policy from the cloud-config in force (`basalt.update`).
+pub fn trust_policy_from_config() -> Result<Option<TrustPolicy>, UpdateError> {
+    let Some(config) = crate::provision::current_config(Path::new(crate::provision::STATE_DIR))
+    else {
+        return Ok(None);
+    };
+    let Some(update) = config.basalt.and_then(|b| b.update) else {
+        return Ok(None);
+    };
+    let keys = update
+        .trusted_keys
+        .iter()
+        .map(|k| PublicKey::from_bytes(&k.0).map_err(|e| UpdateError::Policy(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    TrustPolicy::new(keys, update.threshold as usize)
+        .map(Some)
+        .map_err(|e| UpdateError::Policy(e.to_string()))
+}
+
+/// What `check` and `stage` report.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub bundle_version: String,
+    pub running_version: String,
+    pub decision: String,
+    pub install: bool,
+    pub target_slot: Slot,
+}
+
+fn decide(manifest: &Manifest, device: &Device) -> Result<CheckReport, UpdateError> {
+    match check(manifest, &device.release) {
+        Decision::Update { from, to } => Ok(CheckReport {
+            bundle_version: to.to_string(),
+            running_version: from.to_string(),
+            decision: format!("update {from} -> {to} into slot {}", device.target()),
+            install: true,
+            target_slot: device.target(),
+        }),
+        Decision::Refuse(r) => Err(UpdateError::Refused(r)),
+    }
+}
+
+/// `update check`: verifies the bundle's signatures and decides, writing nothing.
+pub fn check_bundle(source: impl Read, device: &Device) -> Result<CheckReport, UpdateError> {
+    let policy = device.policy.as_ref().ok_or(UpdateError::NoTrust)?;
+    let payloads = BundleReader::new(source)?.verify(policy)?;
+    decide(payloads.manifest(), device)
+}
+
+/// `update stage`: writes the inactive slot from the bundle. See the module docs.
+pub fn stage(source: impl Read, device: &Device) -> Result<CheckReport, UpdateError> {
+    let policy = device.policy.as_ref().ok_or(UpdateError::NoTrust)?;
+    let mut payloads = BundleReader::new(source)?.verify(policy)?;
+    let report = decide(payloads.manifest(), device)?;
+    let manifest = payloads.manifest().clone();
+    let target = device.target();
+    let version = manifest.version.to_string();
+    let mut st = UpdateState::load(&device.state_dir).map_err(io_err("update state"))?;
+
+    // From here on the target slot is not bootable until apply.
+    device
+        .esp
+        .remove_entries(target)
+        .map_err(io_err(format!("removing slot {target}'s loader entry")))?;
+    st.set(
+        target,
+        SlotRecord::Writing {
+            version: version.clone(),
+        },
+    );
+    st.write(&device.state_dir)
+        .map_err(io_err("update state"))?;
+
+    let result = (|| -> Result<(), UpdateError> {
+        let dev_path = device.slot_device(target)?.to_path_buf();
+        while let Some(mut p) = payloads.next_payload()? {
+            let payload = p.payload().clone();
+            match payload.name {
+                PayloadName::Rootfs => {
+                    let mut dev = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&dev_path)
+                        .map_err(io_err(dev_path.display().to_string()))?;
+                    let room = dev
+                        .seek(SeekFrom::End(0))
+                        .map_err(io_err(dev_path.display().to_string()))?;
+                    if payload.size > room {
+                        return Err(UpdateError::TooBig {
+                            slot: target,
+                            size: payload.size,
+                            room,
+                        });
+                    }
+                    dev.seek(SeekFrom::Start(0))
+                        .map_err(io_err(dev_path.display().to_string()))?;
+                    info!(
+                        "writing {} bytes of root file system to {}",
+                        payload.size,
+                        dev_path.display()
+                    );
+                    std::io::copy(&mut p, &mut dev).map_err(BundleError::from_io)?;
+                    p.finish()?;
+                    dev.sync_all()
+                        .map_err(io_err(dev_path.display().to_string()))?;
+                    drop(dev);
+                    let found = hash_prefix(&dev_path, payload.size)
+                        .map_err(io_err(format!("reading back {}", dev_path.display())))?;
+                    if found != payload.sha256.to_string() {
+                        return Err(UpdateError::ReadBack {
+                            slot: target,
+                            expected: payload.sha256.to_string(),
+                            found,
+                        });
+                    }
+                }
+                PayloadName::Kernel | PayloadName::Initrd => {
+                    let file = if payload.name == PayloadName::Kernel {
+                        "vmlinuz"
+                    } else {
+                        "initrd"
+                    };
+                    device.esp.write_new(target, file, &mut p).map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::InvalidData {
+                            BundleError::from_io(e).into()
+                        } else {
+                            UpdateError::Io {
+                                what: format!("ESP basalt/{target}/{file}.new"),
+                                source: e,
+                            }
+                        }
+                    })?;
+                    p.finish()?;
+                }
+            }
+        }
+        payloads.finish()?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            st.set(
+                target,
+                SlotRecord::Staged {
+                    version: version.clone(),
+                },
+            );
+            st.write(&device.state_dir)
+                .map_err(io_err("update state"))?;
+            info!("staged {version} in slot {target}");
+            Ok(report)
+        }
+        Err(e) => {
+            error!("staging {version} into slot {target} failed: {e}");
+            st.set(
+                target,
+                SlotRecord::Bad {
+                    version,
+                    reason: e.to_string(),
+                },
+            );
+            st.write(&device.state_dir)
+                .map_err(io_err("update state"))?;
+            Err(e)
+        }
+    }
+}
+
+fn hash_prefix(path: &Path, len: u64) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?.take(len);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// `update apply`: arms the boot loader to try the staged slot on the next boot.
+pub fn apply(device: &Device) -> Result<Slot, UpdateError> {
+    let target = device.target();
+    let mut st = UpdateState::load(&device.state_dir).map_err(io_err("update state"))?;
+    let version = match st.get(target) {
+        Some(SlotRecord::Staged { version }) => version.clone(),
+        _ => return Err(UpdateError::NotStaged { slot: target }),
+    };
+    for file in ["vmlinuz", "initrd"] {
+        if device.esp.has_new(target, file) {
+            device
+                .esp
+                .promote(target, file)
+                .map_err(io_err(format!("ESP basalt/{target}/{file}")))?;
+        }
+    }
+    let running = device
+        .esp
+        .entry(device.boot.slot)
+        .map_err(io_err("reading loader entries"))?
+        .ok_or_else(|| UpdateError::Io {
+            what: "loader entries".into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no entry for the running slot {}", device.boot.slot),
+            ),
+        })?;
+    let template = device
+        .esp
+        .read_entry(&running)
+        .map_err(io_err(format!("reading {running}")))?;
+    let title = format!("{} {version} (slot {target})", device.release.name);
+    device
+        .esp
+        .write_entry(
+            target,
+            TRIES,
+            &esp::entry_for(&template, target, &version, &title),
+        )
+        .map_err(io_err("writing the loader entry"))?;
+    st.set(
+        target,
+        SlotRecord::Trying {
+            version: version.clone(),
+        },
+    );
+    st.write(&device.state_dir)
+        .map_err(io_err("update state"))?;
+    info!("slot {target} ({version}) armed with {TRIES} tries; it boots next");
+    Ok(target)
+}
+
+/// `update revert`: cancels an armed update, or gives up on the running trial.
+pub fn revert(device: &Device) -> Result<String, UpdateError> {
+    let target = device.target();
+    let running = device.boot.slot;
+    let entry = device
+        .esp
+        .entry(running)
+        .map_err(io_err("reading loader entries"))?;
+    if entry.is_some_and(|e| e.counter.is_some()) {
+        device
+            .esp
+            .mark_bad(running)
+            .map_err(io_err("marking the running slot bad"))?;
+        return Ok(format!(
+            "slot {running} marked bad: the next boot starts slot {target}"
+        ));
+    }
+    let mut st = UpdateState::load(&device.state_dir).map_err(io_err("update state"))?;
+    device
+        .esp
+        .remove_entries(target)
+        .map_err(io_err("removing the armed entry"))?;
+    if let Some(r) = st.get(target).cloned() {
+        st.set(
+            target,
+            SlotRecord::Bad {
+                version: r.version().to_string(),
+                reason: "reverted by the operator".into(),
+            },
+        );
+        st.write(&device.state_dir)
+            .map_err(io_err("update state"))?;
+    }
+    Ok(format!(
+        "slot {target} taken out of the boot menu; slot {running} stays"
+    ))
+}
+
+/// `update mark-good`: makes the running slot permanent now.
+pub fn mark_good(device: &Device) -> Result<bool, UpdateError> {
+    device
+        .esp
+        .bless(device.boot.slot)
+        .map_err(io_err("blessing the running slot"))
+}
+
+/// What `update status` shows.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub running_slot: Slot,
+    pub running_version: String,
+    pub entries: Vec<EntryReport>,
+    pub state: UpdateState,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EntryReport {
+    pub slot: Slot,
+    pub file: String,
+    pub assessment: Assessment,
+}
+
+pub fn status(device: &Device) -> Result<StatusReport, UpdateError> {
+    let entries = device
+        .esp
+        .entries()
+        .map_err(io_err("reading loader entries"))?;
+    Ok(StatusReport {
+        running_slot: device.boot.slot,
+        running_version: device.release.version.to_string(),
+        entries: entries
+            .iter()
+            .map(|e| EntryReport {
+                slot: e.slot,
+                file: e.to_string(),
+                assessment: e.assessment(),
+            })
+            .collect(),
+        state: UpdateState::load(&device.state_dir).map_err(io_err("update state"))?,
+    })
+}
+
+/// Reconciles the recorded state with where the boot loader went: the
+/// running slot holds the running version; an armed slot we did not boot
+/// whose entry ran out of tries was rolled back. Pure; returns what changed.
+pub fn on_boot(
+    mut st: UpdateState,
+    running: Slot,
+    running_version: &str,
+    entries: &[EntryName],
+    now: u64,
+) -> (UpdateState, Vec<String>) {
+    let mut events = Vec::new();
+    let entry = |slot: Slot| entries.iter().find(|e| e.slot == slot);
+    match (
+        st.get(running).cloned(),
+        entry(running).map(|e| e.assessment()),
+    ) {
+        (Some(SlotRecord::Trying { version }), Some(Assessment::Good)) => {
+            events.push(format!("update to {version} committed in slot {running}"));
+            st.set(running, SlotRecord::Installed { version });
+        }
+        (Some(SlotRecord::Trying { .. }), _) => {}
+        _ => st.set(
+            running,
+            SlotRecord::Installed {
+                version: running_version.to_string(),
+            },
+        ),
+    }
+    let other = running.other();
+    if let Some(SlotRecord::Trying { version }) = st.get(other).cloned() {
+        if entry(other).is_none_or(|e| e.assessment() == Assessment::Bad) {
+            events.push(format!(
+                "update to {version} in slot {other} did not come up healthy; rolled back to {running_version} in slot {running}"
+            ));
+            st.record_failure(version.clone(), other, now);
+            st.set(
+                other,
+                SlotRecord::Bad {
+                    version,
+                    reason: "failed its boot health checks; the boot loader fell back".into(),
+                },
+            );
+        }
+    }
+    (st, events)
+}
+
+/// Runs [`on_boot`] against the device and writes the result. Called by the service at start.
+pub fn reconcile_on_boot(device: &Device) {
+    let entries = match device.esp.entries() {
+        Ok(e) => e,
+        Err(e) => {
+            warn!("update state: cannot read loader entries: {e}");
+            return;
+        }
+    };
+    let st = match UpdateState::load(&device.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("update state: {e}");
+            UpdateState::default()
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (new, events) = on_boot(
+        st.clone(),
+        device.boot.slot,
+        &device.release.version.to_string(),
+        &entries,
+        now,
+    );
+    for e in &events {
+        if e.contains("did not come up healthy") {
+            error!("{e}");
+        } else {
+            info!("{e}");
+        }
+    }
+    if new != st {
+        if let Err(e) = new.write(&device.state_dir) {
+            warn!("update state: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

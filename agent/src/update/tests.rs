@@ -1,0 +1,280 @@
+use super::*;
+use basalt_formats::bundle::stream::BundleWriter;
+use basalt_formats::bundle::{
+    Compression, Payload, SecretKey, Sha256Digest, SignatureEntry, Signatures, MANIFEST_FORMAT,
+};
+use basalt_formats::entry::Counter;
+use basalt_formats::spec::RootfsType;
+use basalt_formats::{Arch, BoardId};
+
+fn entry(slot: Slot, counter: Option<(u32, u32)>) -> EntryName {
+    EntryName {
+        slot,
+        counter: counter.map(|(left, done)| Counter { left, done }),
+    }
+}
+
+fn trying(v: &str) -> SlotRecord {
+    SlotRecord::Trying { version: v.into() }
+}
+
+#[test]
+fn a_blessed_trial_is_committed() {
+    let mut st = UpdateState::default();
+    st.set(Slot::B, trying("0.2.0"));
+    let (st, events) = on_boot(
+        st,
+        Slot::B,
+        "0.2.0",
+        &[entry(Slot::A, None), entry(Slot::B, None)],
+        5,
+    );
+    assert_eq!(
+        st.get(Slot::B),
+        Some(&SlotRecord::Installed {
+            version: "0.2.0".into()
+        })
+    );
+    assert_eq!(events, ["update to 0.2.0 committed in slot b"]);
+}
+
+#[test]
+fn a_trial_still_counting_stays_a_trial() {
+    let mut st = UpdateState::default();
+    st.set(Slot::B, trying("0.2.0"));
+    let (st2, events) = on_boot(
+        st.clone(),
+        Slot::B,
+        "0.2.0",
+        &[entry(Slot::A, None), entry(Slot::B, Some((2, 1)))],
+        5,
+    );
+    assert_eq!(st2.get(Slot::B), st.get(Slot::B));
+    assert!(events.is_empty());
+}
+
+#[test]
+fn a_trial_out_of_tries_is_reported_as_rolled_back() {
+    let mut st = UpdateState::default();
+    st.set(Slot::B, trying("0.2.0"));
+    let (st, events) = on_boot(
+        st,
+        Slot::A,
+        "0.1.0",
+        &[entry(Slot::A, None), entry(Slot::B, Some((0, 3)))],
+        77,
+    );
+    assert!(matches!(st.get(Slot::B), Some(SlotRecord::Bad { version, .. }) if version == "0.2.0"));
+    assert_eq!(
+        st.get(Slot::A),
+        Some(&SlotRecord::Installed {
+            version: "0.1.0".into()
+        })
+    );
+    assert_eq!(st.failed.len(), 1);
+    assert_eq!(
+        (st.failed[0].version.as_str(), st.failed[0].noticed_at),
+        ("0.2.0", 77)
+    );
+    assert_eq!(
+        events,
+        ["update to 0.2.0 in slot b did not come up healthy; rolled back to 0.1.0 in slot a"]
+    );
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    device: Device,
+    key: SecretKey,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let esp = Esp {
+        root: dir.path().join("esp"),
+    };
+    std::fs::create_dir_all(esp.entries_dir()).unwrap();
+    std::fs::write(
+        esp.entries_dir().join("basalt-a.conf"),
+        "title t\nsort-key basalt\nversion 0.1.0\nlinux /basalt/a/vmlinuz\ninitrd /basalt/a/initrd\noptions basalt.slot=a console=ttyS0\n",
+    )
+    .unwrap();
+    std::fs::write(esp.entries_dir().join("basalt-b+3.conf"), "factory copy").unwrap();
+    for s in ["a", "b"] {
+        std::fs::write(dir.path().join(format!("slot-{s}")), vec![0u8; 1 << 20]).unwrap();
+    }
+    let key = SecretKey::from_seed(&[7; 32]);
+    let device = Device {
+        esp,
+        state_dir: dir.path().join("state"),
+        release: Release {
+            name: "demo".into(),
+            version: semver::Version::new(0, 1, 0),
+            board: BoardId::X86_64Uefi,
+            arch: Arch::Amd64,
+            rootfs_type: RootfsType::Squashfs,
+            build_time: 0,
+        },
+        boot: BootInfo {
+            slot: Slot::A,
+            disk: "/dev/vda".into(),
+            esp_device: "/dev/vda1".into(),
+            root_device: "/dev/vda2".into(),
+            data_device: "/dev/vda4".into(),
+            data_grown: None,
+            initrd_done_ms: 0,
+        },
+        slot_devices: vec![
+            (Slot::A, dir.path().join("slot-a")),
+            (Slot::B, dir.path().join("slot-b")),
+        ],
+        policy: Some(TrustPolicy::new(vec![key.public_key()], 1).unwrap()),
+    };
+    Fixture {
+        _dir: dir,
+        device,
+        key,
+    }
+}
+
+fn bundle(key: &SecretKey, version: &str, rootfs: &[u8], corrupt_rootfs: bool) -> Vec<u8> {
+    let parts: Vec<(PayloadName, Vec<u8>)> = vec![
+        (PayloadName::Rootfs, rootfs.to_vec()),
+        (PayloadName::Kernel, b"new kernel".to_vec()),
+        (PayloadName::Initrd, b"new initrd".to_vec()),
+    ];
+    let compressed: Vec<Vec<u8>> = parts
+        .iter()
+        .map(|(_, b)| zstd::encode_all(&b[..], 1).unwrap())
+        .collect();
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        name: "demo".into(),
+        version: version.parse().unwrap(),
+        boards: vec![BoardId::X86_64Uefi],
+        min_version: semver::Version::new(0, 0, 0),
+        created: 1,
+        rootfs_type: RootfsType::Squashfs,
+        payloads: parts
+            .iter()
+            .zip(&compressed)
+            .map(|((name, raw), c)| Payload {
+                name: *name,
+                compression: Compression::Zstd,
+                size: raw.len() as u64,
+                sha256: Sha256Digest::of(raw),
+                compressed_size: c.len() as u64,
+                compressed_sha256: Sha256Digest::of(c),
+            })
+            .collect(),
+    };
+    let bytes = manifest.to_bytes();
+    let sigs = Signatures(vec![SignatureEntry {
+        key_id: key.public_key().key_id(),
+        signature: key.sign(&bytes),
+    }]);
+    let mut w = BundleWriter::new(Vec::new(), &bytes, &sigs).unwrap();
+    for ((name, _), c) in parts.iter().zip(compressed) {
+        w.payload(*name, &c[..]).unwrap();
+    }
+    let mut out = w.finish().unwrap();
+    if corrupt_rootfs {
+        // Inside the first payload's member, past the two 512-byte-aligned metadata members.
+        let pos = out
+            .windows(4)
+            .position(|w| w == [0x28, 0xb5, 0x2f, 0xfd])
+            .unwrap()
+            + 1000;
+        out[pos] ^= 0x01;
+    }
+    out
+}
+
+#[test]
+fn stage_and_apply_write_only_the_inactive_slot() {
+    let f = fixture();
+    let rootfs: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let report = stage(&bundle(&f.key, "0.2.0", &rootfs, false)[..], &f.device).unwrap();
+    assert_eq!(
+        (report.target_slot, report.bundle_version.as_str()),
+        (Slot::B, "0.2.0")
+    );
+    let slot_b = std::fs::read(&f.device.slot_devices[1].1).unwrap();
+    assert_eq!(&slot_b[..rootfs.len()], &rootfs[..]);
+    assert_eq!(
+        std::fs::read(&f.device.slot_devices[0].1).unwrap(),
+        vec![0u8; 1 << 20],
+        "slot A was written"
+    );
+    // Staging took the slot out of the menu; the running entry is untouched.
+    assert_eq!(f.device.esp.entries().unwrap(), vec![entry(Slot::A, None)]);
+
+    assert_eq!(apply(&f.device).unwrap(), Slot::B);
+    let entries = f.device.esp.entries().unwrap();
+    assert_eq!(
+        entries,
+        vec![entry(Slot::A, None), entry(Slot::B, Some((3, 0)))]
+    );
+    let text = f.device.esp.read_entry(&entries[1]).unwrap();
+    assert!(
+        text.contains("version 0.2.0") && text.contains("options basalt.slot=b console=ttyS0"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(f.device.esp.root.join("basalt/b/vmlinuz")).unwrap(),
+        b"new kernel"
+    );
+    let st = UpdateState::load(&f.device.state_dir).unwrap();
+    assert_eq!(st.get(Slot::B), Some(&trying("0.2.0")));
+}
+
+#[test]
+fn a_flipped_byte_marks_the_inactive_slot_bad_and_touches_nothing_else() {
+    let f = fixture();
+    // Incompressible, so the flipped byte lands inside the compressed payload.
+    let mut x = 1u32;
+    let rootfs: Vec<u8> = (0..100_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let e = stage(&bundle(&f.key, "0.2.0", &rootfs, true)[..], &f.device).unwrap_err();
+    assert!(e.to_string().contains("rootfs"), "{e}");
+    assert_eq!(e.disposition(), Disposition::GiveUp);
+    assert_eq!(f.device.esp.entries().unwrap(), vec![entry(Slot::A, None)]);
+    let st = UpdateState::load(&f.device.state_dir).unwrap();
+    assert!(
+        matches!(st.get(Slot::B), Some(SlotRecord::Bad { .. })),
+        "{st:?}"
+    );
+    assert!(matches!(
+        apply(&f.device),
+        Err(UpdateError::NotStaged { slot: Slot::B })
+    ));
+}
+
+#[test]
+fn untrusted_signer_downgrade_and_truncation_are_refused_before_any_write() {
+    let f = fixture();
+    let stranger = SecretKey::from_seed(&[9; 32]);
+    let before = f.device.esp.entries().unwrap();
+    let e = stage(&bundle(&stranger, "0.2.0", b"x", false)[..], &f.device).unwrap_err();
+    assert!(
+        e.to_string().contains("not trusted") || e.to_string().contains("signature"),
+        "{e}"
+    );
+    let e = stage(&bundle(&f.key, "0.0.9", b"x", false)[..], &f.device).unwrap_err();
+    assert!(matches!(e, UpdateError::Refused(_)), "{e}");
+    let full = bundle(&f.key, "0.2.0", &vec![1u8; 300_000], false);
+    let e = stage(&full[..200], &f.device).unwrap_err();
+    assert_eq!(e.disposition(), Disposition::Retry, "{e}");
+    // Nothing was written: the factory entry of slot B is still there, no state recorded.
+    assert_eq!(f.device.esp.entries().unwrap(), before);
+    assert_eq!(
+        UpdateState::load(&f.device.state_dir).unwrap(),
+        UpdateState::default()
+    );
+}
