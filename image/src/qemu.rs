@@ -210,11 +210,37 @@ impl Vm {
 
     /// Like [`Vm::wait_for`] for several needles; returns which matched first and its line.
     pub fn wait_for_any(&mut self, needles: &[&str], timeout: Duration) -> Result<(usize, String)> {
+        self.wait_for_any_since(0, needles, timeout)
+    }
+
+    /// How much the console has printed so far: a mark for [`Vm::wait_for_since`].
+    pub fn mark(&self) -> usize {
+        self.console.0.lock().expect("console lock").len()
+    }
+
+    /// Like [`Vm::wait_for`], looking only at what the console printed after `mark`.
+    pub fn wait_for_since(
+        &mut self,
+        mark: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<String> {
+        self.wait_for_any_since(mark, &[needle], timeout)
+            .map(|(_, l)| l)
+    }
+
+    fn wait_for_any_since(
+        &mut self,
+        mark: usize,
+        needles: &[&str],
+        timeout: Duration,
+    ) -> Result<(usize, String)> {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &*self.console;
         let mut text = m.lock().expect("console lock");
         loop {
-            for line in text.lines() {
+            let start = text.get(mark..).map(|_| mark).unwrap_or(0);
+            for line in text[start..].lines() {
                 if let Some(i) = needles.iter().position(|n| line.contains(n)) {
                     return Ok((i, line.to_string()));
                 }

@@ -4,3 +4,4 @@
 mod boot;
 mod build;
 mod provision;
+mod update;

@@ -648,3 +648,12 @@ fn serialised_form_leaves_unset_keys_out() {
     );
     assert_eq!(c.keys_set(), ["hostname", "write_files"]);
 }
+
+#[test]
+fn trusted_keys_accept_the_form_basalt_keygen_prints() {
+    let k: super::value::Ed25519PublicKey =
+        "basalt-ed25519:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE"
+            .parse()
+            .unwrap();
+    assert_eq!(k.0, [1u8; 32]);
+}

@@ -386,6 +386,8 @@ impl Serialize for Ed25519PublicKey {
 impl FromStr for Ed25519PublicKey {
     type Err = ValueError;
     fn from_str(s: &str) -> Result<Self, ValueError> {
+        // `basalt keygen` prints keys as `basalt-ed25519:<base64>`.
+        let s = s.strip_prefix("basalt-ed25519:").unwrap_or(s);
         let bytes = if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) {
             hex::decode(s).map_err(|e| ValueError(e.to_string()))?
         } else {
