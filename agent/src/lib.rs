@@ -5,12 +5,14 @@
 //! | [`initrd`] | PID 1 of the initrd: modules, partitions, mounts, `switch_root` |
 //! | [`disk`] | finding basalt's partitions on the block devices, growing the data partition |
 //! | [`service`] | `basalt-agent run`, the systemd service |
-//! | [`mesh`] | the WireGuard mesh: wanted peers and the reconcile diff |
+//! | [`identity`] | the node's Ed25519 key, made on first use |
+//! | [`mesh`] | the WireGuard mesh: membership, wanted peers, the reconcile loop |
 //! | [`status`] | what the operator sees: `basalt-agent status` |
 //! | [`cli`] | the command line |
 
 pub mod cli;
 pub mod disk;
+pub mod identity;
 pub mod initrd;
 pub mod kmsg;
 pub mod mesh;
