@@ -9,7 +9,8 @@
 //!   back from the device, log the diff and apply it, and rewrite the
 //!   status file;
 //! - while it knows no member: a sync request to every bootstrap address
-//!   every 2 s; LAN beacons every 2 s while alone and every 10 s after;
+//!   every 2 s; LAN beacons every 2 s while alone or in its first 30 s (so
+//!   groups that formed at a mass boot find each other), every 10 s after;
 //!   push-pull with a random member every [`MembershipConfig::sync_interval`];
 //! - on SIGTERM or Ctrl-C: leave the cluster, remove the interface.
 //!
@@ -50,6 +51,8 @@ pub const TICK: Duration = Duration::from_secs(1);
 pub const BOOTSTRAP_EVERY: Duration = Duration::from_secs(2);
 const BEACON_ALONE: Duration = Duration::from_secs(2);
 const BEACON_MEMBER: Duration = Duration::from_secs(10);
+/// Beacons stay frequent this long after start.
+const BEACON_FAST_FOR: Duration = Duration::from_secs(30);
 /// Soonest reconcile after a membership change.
 const RECONCILE_DEBOUNCE: Duration = Duration::from_millis(200);
 
@@ -496,6 +499,7 @@ impl<D: WgDevice, T: Tools> Mesh<D, T> {
         tokio::pin!(shutdown);
         let mut buf = vec![0u8; 65536];
         let mut tick = tokio::time::interval(TICK);
+        let started = Instant::now();
         let mut last_bootstrap: Option<Instant> = None;
         let mut last_beacon: Option<Instant> = None;
         let mut last_sync = Instant::now();
@@ -522,7 +526,11 @@ impl<D: WgDevice, T: Tools> Mesh<D, T> {
                         self.membership.bootstrap(&addrs, now);
                         last_bootstrap = Some(Instant::now());
                     }
-                    let beacon_every = if alone { BEACON_ALONE } else { BEACON_MEMBER };
+                    let beacon_every = if alone || started.elapsed() < BEACON_FAST_FOR {
+                        BEACON_ALONE
+                    } else {
+                        BEACON_MEMBER
+                    };
                     if self.config.beacons && last_beacon.is_none_or(|t| t.elapsed() >= beacon_every) {
                         let targets = beacon_targets(&host_addresses(), &self.config.interface, self.config.listen.port());
                         for t in targets {
