@@ -494,6 +494,23 @@ impl Membership {
         self.foca.num_members()
     }
 
+    /// Descriptors held, this node's included.
+    pub fn descriptor_count(&self) -> usize {
+        self.store.borrow().len()
+    }
+
+    /// One node's SWIM state as this node sees it; `None` if unknown.
+    pub fn liveness_of(&self, node: &[u8; 32]) -> Option<Liveness> {
+        self.foca
+            .iter_membership_state()
+            .find(|m| &m.id().node == node)
+            .map(|m| match m.state() {
+                State::Alive => Liveness::Alive,
+                State::Suspect => Liveness::Suspect,
+                State::Down => Liveness::Dead,
+            })
+    }
+
     /// Whether membership changed since the last call.
     pub fn take_changed(&mut self) -> bool {
         std::mem::take(&mut *self.changed.borrow_mut())
