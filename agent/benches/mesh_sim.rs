@@ -31,11 +31,14 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(100);
 const LIMIT: Duration = Duration::from_secs(600);
 
+/// A datagram in flight: delivery time, order, from, to, bytes.
+type InFlight = Reverse<(Instant, u64, usize, usize, Vec<u8>)>;
+
 struct Sim {
     nodes: Vec<Membership>,
     alive: Vec<bool>,
     by_addr: HashMap<SocketAddr, usize>,
-    queue: BinaryHeap<Reverse<(Instant, u64, usize, usize, Vec<u8>)>>,
+    queue: BinaryHeap<InFlight>,
     seq: u64,
     rng: StdRng,
     now: Now,
