@@ -70,7 +70,7 @@ packages=(
     # cross-compiling the agent for arm64
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross
     # tests: network namespaces, userspace WireGuard, ISO tools
-    iproute2 wireguard-tools wireguard-go xorriso openssh-client
+    iproute2 iputils-ping wireguard-tools wireguard-go xorriso openssh-client
 )
 missing=()
 for p in "${packages[@]}"; do

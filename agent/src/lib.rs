@@ -6,13 +6,15 @@
 //! | [`disk`] | finding basalt's partitions on the block devices, growing the data partition |
 //! | [`provision`] | cloud-config: sources, merge, apply once or every boot |
 //! | [`service`] | `basalt-agent run`, the systemd service |
-//! | [`mesh`] | the WireGuard mesh: wanted peers and the reconcile diff |
+//! | [`identity`] | the node's Ed25519 key, made on first use |
+//! | [`mesh`] | the WireGuard mesh: membership, wanted peers, the reconcile loop |
 //! | [`update`] | signed A/B updates: check, stage, apply, revert, health, rollback detection |
 //! | [`status`] | what the operator sees: `basalt-agent status` |
 //! | [`cli`] | the command line |
 
 pub mod cli;
 pub mod disk;
+pub mod identity;
 pub mod initrd;
 pub mod kmsg;
 pub mod mesh;

@@ -4,14 +4,26 @@
 //! | module | what it does |
 //! | --- | --- |
 //! | [`mod@diff`] | [`fn@diff`]: wanted peers against the device's peers, as a [`PeerDiff`] |
+//! | [`wire`] | sealed datagrams (ChaCha20-Poly1305), replay window, messages |
+//! | [`gossip`] | [`Membership`]: SWIM (foca), descriptors, push-pull, beacons; no I/O |
+//! | [`device`] | the WireGuard device and the interface's addresses, behind traits with fakes |
+//! | [`runtime`] | [`Mesh`]: the tokio service that drives all of the above |
+//! | [`status`] | the status file `basalt-agent mesh status` reads |
 //!
 //! Addresses follow [`basalt_formats::mesh::address`]: every member's IPv4
 //! address comes from [`assign_ipv4`] over the same member set, so each node
 //! routes a peer's /32 to the address that peer gives itself.
 
+pub mod device;
 pub mod diff;
+pub mod gossip;
+pub mod runtime;
+pub mod status;
+pub mod wire;
 
 pub use diff::{diff, ActualPeer, Change, PeerDiff, PeerUpdate, WantedPeer};
+pub use gossip::{Membership, MembershipConfig};
+pub use runtime::{Mesh, MeshConfig, MeshError};
 
 use basalt_formats::mesh::{assign_ipv4, NetworkToken, NodeId, VerifiedDescriptor, WgPublicKey};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};

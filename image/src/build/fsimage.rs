@@ -10,6 +10,7 @@ use uuid::Uuid;
 /// Makes the root file system image of `dir` at `out`.
 pub fn root_image(
     fs: RootfsType,
+    level: u8,
     dir: &Path,
     out: &Path,
     epoch: u64,
@@ -26,6 +27,8 @@ pub fn root_image(
                     "-noappend",
                     "-comp",
                     "zstd",
+                    "-Xcompression-level",
+                    &level.to_string(),
                     "-b",
                     "256K",
                     "-no-progress",
@@ -35,7 +38,8 @@ pub fn root_image(
         ),
         RootfsType::Erofs => tools::run(
             Command::new("mkfs.erofs")
-                .args(["-zlz4hc", "--quiet"])
+                .arg(format!("-zlz4hc,{level}"))
+                .arg("--quiet")
                 .arg(format!("-T{e}"))
                 .arg(format!("-U{uuid}"))
                 .arg(out)

@@ -288,6 +288,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
     let root_img = work.join("root.img");
     fsimage::root_image(
         spec.rootfs_type,
+        spec.rootfs_compression_level,
         &root,
         &root_img,
         epoch,
