@@ -206,7 +206,11 @@ impl Host for System {
             vec!["useradd", "--create-home", "--user-group"]
         };
         if !groups.is_empty() {
-            argv.extend(["--append", "--groups", &groups]);
+            // usermod replaces the supplementary groups unless told to append; useradd has no --append.
+            if exists {
+                argv.push("--append");
+            }
+            argv.extend(["--groups", &groups]);
         }
         if let Some(shell) = &u.shell {
             argv.extend(["--shell", shell]);

@@ -488,7 +488,9 @@ fn customise(
     }
     std::fs::write(
         root.join("etc/fstab"),
-        b"# basalt: the initrd mounts / (read-only slot), /data, /etc, /var and /home.\n",
+        b"# basalt: the initrd mounts / (read-only slot), /data, /etc, /var and /home.\n\
+# The root is read-only: /tmp is a tmpfs (services with PrivateTmp= need a writable /tmp).\n\
+tmpfs /tmp tmpfs mode=1777,strictatime,nosuid,nodev,size=50%,nr_inodes=1m 0 0\n",
     )?;
     // Mount points: the data partition, and /efi for systemd's automatic ESP mount.
     for d in ["data", "efi"] {
