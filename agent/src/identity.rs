@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 /// Where a device keeps its identity.
 pub const DEVICE_IDENTITY_DIR: &str = "/data/basalt/identity";
+/// The node id (the public key, as text) beside the key, readable by everyone.
+pub const NODE_ID_FILE: &str = "node.id";
 /// The identity key's file name inside its directory.
 pub const NODE_KEY_FILE: &str = "node.key";
 const SECRET_LEN: usize = 32;

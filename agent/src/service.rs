@@ -57,6 +57,23 @@ pub fn run() -> anyhow::Result<()> {
             ))],
         );
     }
+    // The node's identity: made on first boot, kept on the data partition.
+    match crate::identity::NodeIdentity::load_or_create(Path::new(
+        crate::identity::DEVICE_IDENTITY_DIR,
+    )) {
+        Ok(id) => {
+            let node_id = id.node_id().to_string();
+            let public =
+                Path::new(crate::identity::DEVICE_IDENTITY_DIR).join(crate::identity::NODE_ID_FILE);
+            if std::fs::read_to_string(&public).ok().as_deref() != Some(node_id.as_str()) {
+                if let Err(e) = crate::provision::atomic_write(&public, node_id.as_bytes(), 0o644) {
+                    warn!("{}: {e}", public.display());
+                }
+            }
+            info!("node id {node_id}");
+        }
+        Err(e) => warn!("node identity: {e}"),
+    }
     match crate::update::Device::open() {
         Ok(device) => crate::update::reconcile_on_boot(&device),
         Err(e) => warn!("update state not checked: {e}"),

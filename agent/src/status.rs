@@ -9,6 +9,8 @@ use std::path::Path;
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub hostname: String,
+    /// The node's identity (its Ed25519 public key), once the service made it.
+    pub node_id: Option<String>,
     pub release: Option<Release>,
     pub boot: Option<BootInfo>,
     /// What cloud-config provisioning did on this boot, with its errors.
@@ -53,7 +55,14 @@ pub fn collect(root: &Path) -> Status {
     let provision = crate::provision::load_status(
         &root.join(crate::provision::STATE_DIR.trim_start_matches('/')),
     );
+    let node_id = std::fs::read_to_string(
+        root.join(crate::identity::DEVICE_IDENTITY_DIR.trim_start_matches('/'))
+            .join(crate::identity::NODE_ID_FILE),
+    )
+    .ok()
+    .map(|s| s.trim().to_string());
     Status {
+        node_id,
         provision,
         hostname: nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
@@ -94,6 +103,9 @@ impl Status {
             None => out += "image:    unknown\n",
         }
         out += &format!("hostname: {}\n", self.hostname);
+        if let Some(id) = &self.node_id {
+            out += &format!("node:     {id}\n");
+        }
         if let Some(b) = &self.boot {
             out += &format!(
                 "slot:     {} (root {}, data {})\n",

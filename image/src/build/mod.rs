@@ -473,6 +473,17 @@ fn customise(
     std::fs::create_dir_all(rel.parent().expect("has parent"))?;
     std::fs::write(&rel, serde_json::to_vec_pretty(release)?)?;
     enable_units(root)?;
+    // Networking: systemd-networkd with the base overlay's DHCP for wired interfaces.
+    for (unit, wanted_by) in [
+        ("systemd-networkd.service", "multi-user.target"),
+        ("systemd-networkd.socket", "sockets.target"),
+        (
+            "systemd-networkd-wait-online.service",
+            "network-online.target",
+        ),
+    ] {
+        enable_system_unit(root, unit, wanted_by)?;
+    }
     // One root for every device: each makes its own machine-id on first boot
     // (systemd writes it into the persistent /etc overlay).
     std::fs::write(root.join("etc/machine-id"), b"")?;
@@ -542,6 +553,23 @@ fn enable_units(root: &Path) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Enables a unit the image's packages ship, as `systemctl enable` would for `WantedBy=wanted_by`.
+fn enable_system_unit(root: &Path, unit: &str, wanted_by: &str) -> Result<()> {
+    let shipped = ["usr/lib/systemd/system", "lib/systemd/system"]
+        .iter()
+        .map(|d| Path::new("/").join(d).join(unit))
+        .find(|p| root.join(p.strip_prefix("/").expect("absolute")).is_file())
+        .with_context(|| format!("enabling {unit}: the root file system has no such unit"))?;
+    let dir = root
+        .join("etc/systemd/system")
+        .join(format!("{wanted_by}.wants"));
+    std::fs::create_dir_all(&dir)?;
+    let link = dir.join(unit);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(shipped, &link)?;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 use basalt::build::SpecSource;
 use basalt_formats::BoardId;
 use qemu_tests::*;
+use std::time::Duration;
 
 #[test]
 fn x86_64_boots_grows_data_and_boots_again() {
@@ -144,6 +145,14 @@ fn x86_64_mounts_identity_and_boot_blessing() {
         blessed.contains("basalt-a.conf"),
         "slot A was not blessed:\n{blessed}"
     );
+    // The network is up by DHCP (QEMU's user network hands out 10.0.2.15).
+    let addr = vm
+        .run_ok(
+            "for i in $(seq 60); do ip -4 -o addr show scope global | grep -q inet && break; sleep 1; done; ip -4 -o addr show scope global",
+            Duration::from_secs(90),
+        )
+        .unwrap();
+    assert!(addr.contains("10.0.2.15"), "{addr}");
     let failed = vm
         .run_ok("systemctl --failed --no-legend --plain", t)
         .unwrap();

@@ -78,6 +78,12 @@ fn x86_64_provisions_from_cidata_and_keeps_the_last_good_config() {
         0,
         "{st}"
     );
+    let node_id = st["node_id"].as_str().expect("node id").to_string();
+    assert_eq!(node_id.len(), 43, "{st}");
+    let mode = vm
+        .run_ok("stat -c %a /data/basalt/identity/node.key", t)
+        .unwrap();
+    assert_eq!(mode.trim(), "600");
     vm.run_ok("sync", t).unwrap();
     vm.kill();
 
@@ -109,4 +115,8 @@ fn x86_64_provisions_from_cidata_and_keeps_the_last_good_config() {
         .unwrap();
     assert!(journal.trim() != "0", "{journal}");
     vm.run_ok("id ops", t).unwrap();
+    // The identity is the same after the reboot.
+    let status = vm.run_ok("basalt-agent status --json", t).unwrap();
+    let st: serde_json::Value = serde_json::from_str(&status[status.find('{').unwrap()..]).unwrap();
+    assert_eq!(st["node_id"].as_str(), Some(node_id.as_str()), "{st}");
 }
