@@ -37,6 +37,44 @@ enum Command {
         #[command(subcommand)]
         command: MeshCommand,
     },
+    /// This node at a glance: id, alias, version, board, slot, uptime, addresses, mesh, models.
+    ///
+    /// Example: basalt-agent info --json
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+    /// CPU, memory, disk and temperature, sampled every minute (the last day is kept).
+    ///
+    /// Example: basalt-agent history --last 60 --json
+    History {
+        /// How many samples, newest last.
+        #[arg(long, default_value_t = 60)]
+        last: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Name this node in the mesh and in `info`.
+    ///
+    /// Example: basalt-agent alias line-3-camera
+    Alias { name: String },
+    /// Allow a client key to send this node work (a name for it is optional).
+    ///
+    /// Example: basalt-agent allow basalt-ed25519:AbC… laptop
+    Allow {
+        key: String,
+        alias: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a client by key or alias.
+    ///
+    /// Example: basalt-agent deny laptop
+    Deny {
+        key_or_alias: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Signed A/B updates, one visible step at a time.
     #[command(subcommand)]
     Update(UpdateCommand),
@@ -245,6 +283,93 @@ pub fn main() -> ExitCode {
             MeshCommand::Peers { state_dir, json } => mesh_show(&state_dir, json, true),
         },
         Command::Update(u) => run_update(u),
+        Command::Info { json } => {
+            let i = crate::node::info(Path::new(crate::node::NODE_DIR));
+            let mut human = format!(
+                "node:     {}\nalias:    {}\nhostname: {}\nimage:    {} on {} (slot {})\nuptime:   {} s\n",
+                i.node_id.as_deref().unwrap_or("-"),
+                i.alias.as_deref().unwrap_or("-"),
+                i.hostname,
+                i.version.as_deref().unwrap_or("-"),
+                i.board.as_deref().unwrap_or("-"),
+                i.slot.as_deref().unwrap_or("-"),
+                i.uptime_s
+            );
+            for (iface, addr) in &i.addresses {
+                human += &format!("address:  {addr} ({iface})\n");
+            }
+            human += &match &i.mesh {
+                Some(m) => format!(
+                    "mesh:     {} as {} / {}\n",
+                    m.network,
+                    m.ipv6,
+                    m.ipv4.map(|a| a.to_string()).unwrap_or_default()
+                ),
+                None => "mesh:     not joined\n".to_string(),
+            };
+            human += &format!(
+                "models:   {}\nclients:  {} allowed",
+                i.models.len(),
+                i.allowed_clients
+            );
+            print(json, &i, human);
+            Ok(())
+        }
+        Command::History { last, json } => (|| {
+            let h = crate::node::history(Path::new(crate::node::NODE_DIR), last)?;
+            let human: Vec<String> = h
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}  cpu {:5.1}%  mem {:>5} MiB/{} MiB  disk {:>6} MiB/{} MiB{}",
+                        s.t,
+                        s.cpu_percent,
+                        s.mem_used_bytes >> 20,
+                        s.mem_total_bytes >> 20,
+                        s.disk_used_bytes >> 20,
+                        s.disk_total_bytes >> 20,
+                        s.temp_celsius
+                            .map(|c| format!("  {c:.1} °C"))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+            print(json, &h, human.join("\n"));
+            Ok(())
+        })(),
+        Command::Alias { name } => crate::node::set_alias(Path::new(crate::node::NODE_DIR), &name)
+            .map(|()| println!("alias set to {name}"))
+            .map_err(Into::into),
+        Command::Allow { key, alias, json } => {
+            crate::node::allow(Path::new(crate::node::NODE_DIR), &key, alias.as_deref())
+                .map(|changed| {
+                    print(
+                        json,
+                        &serde_json::json!({ "changed": changed }),
+                        if changed {
+                            "allowed".into()
+                        } else {
+                            "already allowed".into()
+                        },
+                    )
+                })
+                .map_err(Into::into)
+        }
+        Command::Deny { key_or_alias, json } => {
+            crate::node::deny(Path::new(crate::node::NODE_DIR), &key_or_alias)
+                .map(|changed| {
+                    print(
+                        json,
+                        &serde_json::json!({ "changed": changed }),
+                        if changed {
+                            "denied".into()
+                        } else {
+                            "was not allowed".into()
+                        },
+                    )
+                })
+                .map_err(Into::into)
+        }
         Command::Health { json, no_reboot } => return run_health(json, no_reboot),
     };
     match result {

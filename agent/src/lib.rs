@@ -8,6 +8,7 @@
 //! | [`service`] | `basalt-agent run`, the systemd service |
 //! | [`identity`] | the node's Ed25519 key, made on first use |
 //! | [`mesh`] | the WireGuard mesh: membership, wanted peers, the reconcile loop |
+//! | [`node`] | node operations: info, alias, allowed clients, resource history |
 //! | [`update`] | signed A/B updates: check, stage, apply, revert, health, rollback detection |
 //! | [`status`] | what the operator sees: `basalt-agent status` |
 //! | [`cli`] | the command line |
@@ -18,6 +19,7 @@ pub mod identity;
 pub mod initrd;
 pub mod kmsg;
 pub mod mesh;
+pub mod node;
 pub mod provision;
 pub mod service;
 pub mod status;

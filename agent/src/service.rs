@@ -74,6 +74,28 @@ pub fn run() -> anyhow::Result<()> {
         }
         Err(e) => warn!("node identity: {e}"),
     }
+    // cloud-config's alias and allowed clients, on top of what operators set.
+    if let Some(b) = crate::provision::current_config(Path::new(crate::provision::STATE_DIR))
+        .and_then(|c| c.basalt)
+    {
+        let dir = Path::new(crate::node::NODE_DIR);
+        if let Some(a) = &b.alias {
+            if crate::node::alias(dir).as_deref() != Some(a.as_str()) {
+                if let Err(e) = crate::node::set_alias(dir, a.as_str()) {
+                    warn!("alias: {e}");
+                }
+            }
+        }
+        for c in b.allowed_clients.iter().flatten() {
+            if let Err(e) = crate::node::allow(
+                dir,
+                &c.key.to_string(),
+                c.alias.as_ref().map(|a| a.as_str()),
+            ) {
+                warn!("allowed client: {e}");
+            }
+        }
+    }
     match crate::update::Device::open() {
         Ok(device) => crate::update::reconcile_on_boot(&device),
         Err(e) => warn!("update state not checked: {e}"),
@@ -110,8 +132,23 @@ pub fn run() -> anyhow::Result<()> {
     } else {
         Duration::from_secs(30)
     };
+    // Resource history: a sample a minute on the data partition.
+    let node_dir = Path::new(crate::node::NODE_DIR);
+    let mut cpu = None;
+    let mut next_sample = std::time::Instant::now();
     loop {
-        std::thread::sleep(interval);
+        if std::time::Instant::now() >= next_sample {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let sample = crate::node::sample(now, &mut cpu, Path::new("/data"));
+            if let Err(e) = crate::node::record(node_dir, &sample) {
+                warn!("history: {e}");
+            }
+            next_sample += Duration::from_secs(60);
+        }
+        std::thread::sleep(interval.min(Duration::from_secs(60)));
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
     }
 }
