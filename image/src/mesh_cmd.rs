@@ -30,7 +30,7 @@ pub enum MeshCommand {
         /// Unique local IPv6 /48 (fdxx:xxxx:xxxx::/48) [default: derived from name and secret].
         #[arg(long, value_name = "PREFIX")]
         ipv6_prefix: Option<MeshPrefix>,
-        /// WireGuard listen port.
+        /// The mesh port: gossip and beacons use it, WireGuard the port after it.
         #[arg(long, default_value_t = basalt_formats::mesh::token::DEFAULT_PORT, value_parser = clap::value_parser!(u16).range(1..))]
         port: u16,
         /// Print JSON for machines instead of text.
@@ -65,7 +65,7 @@ pub struct TokenSummary {
     pub ipv6_prefix_derived: bool,
     /// Mesh IPv4 range.
     pub ipv4_range: String,
-    /// WireGuard listen port.
+    /// The mesh port: gossip and beacons use it, WireGuard the port after it.
     pub port: u16,
     /// Bootstrap addresses.
     pub bootstrap: Vec<String>,

@@ -23,6 +23,9 @@ pub enum Decision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[serde(rename_all = "kebab-case", tag = "reason")]
 pub enum Reason {
+    /// The bundle is of another image (another spec `name`).
+    #[error("the bundle is of image {bundle}, this device runs {running}")]
+    WrongImage { bundle: String, running: String },
     /// The bundle does not list the running board.
     #[error("the bundle is for {}, this device is {running}", boards_list(.bundle_boards))]
     WrongBoard {
@@ -63,6 +66,12 @@ impl fmt::Display for Decision {
 /// Decides whether the device running `running` should install the bundle
 /// described by `manifest` (already verified).
 pub fn check(manifest: &Manifest, running: &Release) -> Decision {
+    if manifest.name != running.name {
+        return Decision::Refuse(Reason::WrongImage {
+            bundle: manifest.name.clone(),
+            running: running.name.clone(),
+        });
+    }
     if !manifest.boards.contains(&running.board) {
         return Decision::Refuse(Reason::WrongBoard {
             bundle_boards: manifest.boards.clone(),
@@ -118,6 +127,20 @@ mod tests {
 
     fn v(s: &str) -> Version {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn another_image_is_refused() {
+        let mut m = manifest("0.1.0", "0.0.0", &[BoardId::X86_64Uefi]);
+        m.name = "other-appliance".into();
+        let running = release("0.0.1", m.boards[0]);
+        assert_eq!(
+            check(&m, &running),
+            Decision::Refuse(Reason::WrongImage {
+                bundle: "other-appliance".into(),
+                running: "basalt-appliance".into()
+            })
+        );
     }
 
     #[test]

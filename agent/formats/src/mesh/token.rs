@@ -15,7 +15,7 @@
 //! | 32 | secret |
 //! | 6 | IPv6 prefix, first 48 bits (only with flag bit 0) |
 //! | 4 + 1 | IPv4 range: network address, prefix length (only with flag bit 1) |
-//! | 2 | WireGuard listen port, big-endian (only with flag bit 2) |
+//! | 2 | mesh port (gossip; WireGuard listens on the next one), big-endian (only with flag bit 2) |
 //! | 1 | number of bootstrap addresses (at most 16), then each as: |
 //! | 1 + … | kind `4` and 4 address bytes, kind `6` and 16 address bytes, or kind `0`, a length and a DNS name |
 //! | 2 | … and its port, big-endian |
@@ -235,7 +235,7 @@ impl NetworkToken {
         self
     }
 
-    /// Set the WireGuard listen port (1 to 65535).
+    /// Set the mesh port (1 to 65535): gossip and beacons use it, WireGuard the next one.
     pub fn with_port(mut self, port: u16) -> Result<Self, TokenError> {
         if port == 0 {
             return Err(field("port", "0 is not a port WireGuard can listen on"));
@@ -279,7 +279,7 @@ impl NetworkToken {
         self.ipv4_range
     }
 
-    /// The WireGuard listen port.
+    /// The mesh port: gossip and beacons use it, WireGuard the next one.
     pub fn port(&self) -> u16 {
         self.port
     }
