@@ -143,7 +143,7 @@ mod tests {
     fn valid_summary_counts_and_names_basalt_keys() {
         let v = validate_text(
             "c.yaml",
-            "#cloud-config\nhostname: x\nusers: [{name: a}, {name: b}]\nwrite_files: [{path: /etc/a}, {path: /etc/b}, {path: /etc/c}]\nbasalt: {version: 1, mesh: {token: t}, update: {channel: 'https://u.example', trusted_keys: [4321ce8d3d13cc4814865c22d45614e714d93d567cd357aeaab3e3c9a4e031c1]}}\n",
+            "#cloud-config\nhostname: x\nusers: [{name: a}, {name: b}]\nwrite_files: [{path: /etc/a}, {path: /etc/b}, {path: /etc/c}]\nbasalt: {version: 1, mesh: {token: basalt-mesh-v1:AQAHZmxlZXQtYd99nAzlMQv9sqax9tOdyaK-gjRkNaMJqDwcmFwwKm8TAQTAAAIKymw6n114}, update: {channel: 'https://u.example', trusted_keys: [4321ce8d3d13cc4814865c22d45614e714d93d567cd357aeaab3e3c9a4e031c1]}}\n",
         );
         assert!(v.is_valid());
         assert_eq!(

@@ -162,7 +162,7 @@ fn schema_rejects_what_the_rules_reject_by_shape() {
         "missing-basalt-version.yaml",
         "bad-model-name.yaml",
         "bad-model-url.yaml",
-        "bad-mesh-token.yaml",
+        "mesh-token-wrong-prefix.yaml",
         "unknown-basalt-key.yaml",
         "sudo-true.yaml",
     ] {

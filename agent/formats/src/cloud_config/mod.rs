@@ -16,7 +16,7 @@
 //!   - [systemctl, enable, --now, basalt-inference.service]
 //! basalt:
 //!   version: 1
-//!   mesh: { token: "bm1:..." }
+//!   mesh: { token: "basalt-mesh-v1:..." }
 //! ```
 //!
 //! [`CloudConfig::parse`] reads one document (the first line must be

@@ -406,11 +406,14 @@ fn basalt_version() {
 #[test]
 fn basalt_alias_and_mesh() {
     let c = ok(&basalt(
-        "  alias: edge-7\n  mesh: {token: 'bm1:AAAA/bbb+ccc='}\n",
+        "  alias: edge-7\n  mesh: {token: 'basalt-mesh-v1:AQAHZmxlZXQtYd99nAzlMQv9sqax9tOdyaK-gjRkNaMJqDwcmFwwKm8TAQTAAAIKymw6n114'}\n",
     ));
     let b = c.basalt.unwrap();
     assert_eq!(b.alias.unwrap().as_str(), "edge-7");
-    assert_eq!(b.mesh.unwrap().token.as_str(), "bm1:AAAA/bbb+ccc=");
+    assert_eq!(
+        b.mesh.unwrap().token.as_str(),
+        "basalt-mesh-v1:AQAHZmxlZXQtYd99nAzlMQv9sqax9tOdyaK-gjRkNaMJqDwcmFwwKm8TAQTAAAIKymw6n114"
+    );
     assert_msg(
         &basalt("  alias: Edge\n"),
         "basalt.alias",
@@ -424,7 +427,7 @@ fn basalt_alias_and_mesh() {
     assert_msg(
         &basalt("  mesh: {token: 'a b'}\n"),
         "basalt.mesh.token",
-        "without spaces",
+        "starts with \"basalt-mesh-v1:\"",
     );
 }
 
