@@ -38,6 +38,42 @@ impl log::Log for StderrLog {
     fn flush(&self) {}
 }
 
+/// Runs the mesh on its own thread for as long as the service runs. Loads
+/// the kernel's WireGuard first, so the kernel backend is used where the
+/// module exists.
+fn start_mesh(token: basalt_formats::mesh::NetworkToken, key: ed25519_dalek::SigningKey) {
+    let _ = std::process::Command::new("modprobe")
+        .arg("wireguard")
+        .status();
+    let spawned = std::thread::Builder::new()
+        .name("mesh".into())
+        .spawn(move || {
+            let config = crate::mesh::runtime::MeshConfig::new(
+                token,
+                std::path::PathBuf::from(crate::cli::DEVICE_MESH_DIR),
+                "basalt0".to_string(),
+            );
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return log::error!("mesh: starting the async runtime: {e}"),
+            };
+            match crate::mesh::runtime::Mesh::open(config, key) {
+                Ok(mesh) => {
+                    if let Err(e) = rt.block_on(mesh.run(std::future::pending())) {
+                        log::error!("mesh stopped: {e}");
+                    }
+                }
+                Err(e) => log::error!("mesh: {e}"),
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("mesh: starting its thread: {e}");
+    }
+}
+
 pub fn run() -> anyhow::Result<()> {
     // Provisioning never fails the service: problems are in its status.
     let (found, read_errors) =
@@ -58,7 +94,7 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
     // The node's identity: made on first boot, kept on the data partition.
-    match crate::identity::NodeIdentity::load_or_create(Path::new(
+    let identity = match crate::identity::NodeIdentity::load_or_create(Path::new(
         crate::identity::DEVICE_IDENTITY_DIR,
     )) {
         Ok(id) => {
@@ -71,8 +107,25 @@ pub fn run() -> anyhow::Result<()> {
                 }
             }
             info!("node id {node_id}");
+            Some(id)
         }
-        Err(e) => warn!("node identity: {e}"),
+        Err(e) => {
+            warn!("node identity: {e}");
+            None
+        }
+    };
+    // The mesh, when cloud-config names a network.
+    let token = crate::provision::current_config(Path::new(crate::provision::STATE_DIR))
+        .and_then(|c| c.basalt)
+        .and_then(|b| b.mesh)
+        .map(|m| m.token);
+    match (token, &identity) {
+        (Some(t), Some(id)) => match t.as_str().parse() {
+            Ok(token) => start_mesh(token, id.signing_key().clone()),
+            Err(e) => warn!("basalt.mesh.token: {e}"),
+        },
+        (Some(_), None) => warn!("not joining the mesh: this node has no identity"),
+        (None, _) => {}
     }
     // cloud-config's alias and allowed clients, on top of what operators set.
     if let Some(b) = crate::provision::current_config(Path::new(crate::provision::STATE_DIR))
