@@ -171,6 +171,10 @@ pub fn run() -> anyhow::Result<()> {
     }
     // The ready line goes to stdout, which the unit sends to the journal and the console.
     println!("{}", st.ready_line());
+    // basalt-health.service checks for this file before the boot is blessed.
+    if let Err(e) = std::fs::write(crate::update::health::READY_PATH, st.ready_line() + "\n") {
+        warn!("{}: {e}", crate::update::health::READY_PATH);
+    }
     let _ = sd_notify::notify(
         false,
         &[
