@@ -118,6 +118,25 @@ impl Status {
                 );
             }
         }
+        if let Some(p) = &self.provision {
+            out += &format!(
+                "config:   instance {}, {}{}\n",
+                p.instance_id.as_deref().unwrap_or("-"),
+                if p.config_current {
+                    "current"
+                } else {
+                    "last good kept"
+                },
+                if p.once_done {
+                    ""
+                } else {
+                    ", first-boot steps pending"
+                }
+            );
+            for e in &p.errors {
+                out += &format!("config error: {e}\n");
+            }
+        }
         out += &format!(
             "uptime:   {} s\nagent:    {}\n",
             self.uptime_s, self.agent_version
@@ -132,6 +151,29 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provisioning_errors_are_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = collect(dir.path());
+        assert!(!st.human().contains("config:"));
+        st.provision = Some(crate::provision::ProvisionStatus {
+            instance_id: Some("iid-1".into()),
+            config_current: false,
+            once_done: true,
+            errors: vec!["CIDATA:user-data:3:1: unknown field `userz`".into()],
+            ..Default::default()
+        });
+        let h = st.human();
+        assert!(
+            h.contains("config:   instance iid-1, last good kept\n"),
+            "{h}"
+        );
+        assert!(
+            h.contains("config error: CIDATA:user-data:3:1: unknown field `userz`\n"),
+            "{h}"
+        );
+    }
 
     #[test]
     fn reads_files_and_names_missing_ones() {

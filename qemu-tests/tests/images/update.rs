@@ -148,7 +148,7 @@ fn x86_64_update_refusals_commit_and_rollback() {
         .unwrap();
     vm.run_ok("for i in $(seq 90); do ls /efi/loader/entries | grep -qx basalt-a.conf && break; sleep 1; done", Duration::from_secs(120))
         .unwrap();
-    vm.run_ok("mkdir -p /mnt/stick && mount -o ro /dev/vdc /mnt/stick && echo kept > /etc/basalt-update-test && sync", t).unwrap();
+    vm.run_ok("mkdir -p /run/stick && mount -o ro /dev/vdc /run/stick && echo kept > /etc/basalt-update-test && sync", t).unwrap();
     let machine_id = vm.run_ok("cat /etc/machine-id", t).unwrap();
     let before = entries(&mut vm);
     assert!(before.contains("basalt-a.conf"), "{before}");
@@ -161,7 +161,7 @@ fn x86_64_update_refusals_commit_and_rollback() {
     ] {
         let (status, out) = vm
             .run(
-                &format!("basalt-agent update stage /mnt/stick/{file}"),
+                &format!("basalt-agent update stage /run/stick/{file}"),
                 long,
             )
             .unwrap();
@@ -181,7 +181,7 @@ fn x86_64_update_refusals_commit_and_rollback() {
 
     // (a) v0.2.0 commits.
     vm.run_ok(
-        "basalt-agent update stage /mnt/stick/v2.basalt && basalt-agent update apply",
+        "basalt-agent update stage /run/stick/v2.basalt && basalt-agent update apply",
         long,
     )
     .unwrap();
@@ -198,19 +198,20 @@ fn x86_64_update_refusals_commit_and_rollback() {
     vm.wait_for_since(mark, "login:", t)
         .or_else(|_| vm.wait_for_since(mark, "root@updater", t))
         .unwrap();
-    vm.run_ok("mount -o ro /dev/vdc /mnt/stick", t).unwrap();
+    vm.run_ok("mkdir -p /run/stick && mount -o ro /dev/vdc /run/stick", t)
+        .unwrap();
     vm.run_ok("for i in $(seq 90); do ls /efi/loader/entries | grep -qx basalt-b.conf && break; sleep 1; done; ls /efi/loader/entries | grep -qx basalt-b.conf", Duration::from_secs(120))
         .unwrap();
     // A downgrade is refused.
     let (status, out) = vm
-        .run("basalt-agent update check /mnt/stick/v1.basalt", t)
+        .run("basalt-agent update check /run/stick/v1.basalt", t)
         .unwrap();
     assert_ne!(status, 0, "{out}");
     assert!(out.contains("refused"), "{out}");
 
     // (b) v0.3.0 fails its health check on every try; the boot loader goes back to 0.2.0.
     vm.run_ok(
-        "basalt-agent update stage /mnt/stick/v3.basalt && basalt-agent update apply",
+        "basalt-agent update stage /run/stick/v3.basalt && basalt-agent update apply",
         long,
     )
     .unwrap();
