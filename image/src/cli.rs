@@ -80,6 +80,29 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
+    #[command(flatten)]
+    Bundles(BundleCommand),
+    /// Make and read the network tokens devices join a mesh with.
+    #[command(
+        after_help = "Examples:\n  basalt mesh token --network lab\n  basalt mesh token --network edge --bootstrap seed.example.com:51820 --json\n  basalt mesh inspect basalt-mesh-v1:AQAD…"
+    )]
+    Mesh {
+        #[command(subcommand)]
+        command: MeshCommand,
+    },
+    /// Work with cloud-config documents (first-boot provisioning).
+    #[command(
+        after_help = "Examples:\n  basalt config validate cloud-config/examples/full.yaml\n  basalt config validate user-data --json"
+    )]
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+/// Signed update bundles: keys, bundles, signatures, inspection.
+#[derive(Debug, Subcommand)]
+enum BundleCommand {
     /// Make an Ed25519 key pair for signing bundles: NAME.key (secret, mode 0600) and NAME.pub.
     ///
     /// Never overwrites an existing key. Prints the public key.
@@ -154,22 +177,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Make and read the network tokens devices join a mesh with.
-    #[command(
-        after_help = "Examples:\n  basalt mesh token --network lab\n  basalt mesh token --network edge --bootstrap seed.example.com:51820 --json\n  basalt mesh inspect basalt-mesh-v1:AQAD…"
-    )]
-    Mesh {
-        #[command(subcommand)]
-        command: MeshCommand,
-    },
-    /// Work with cloud-config documents (first-boot provisioning).
-    #[command(
-        after_help = "Examples:\n  basalt config validate cloud-config/examples/full.yaml\n  basalt config validate user-data --json"
-    )]
-    Config {
-        #[command(subcommand)]
-        command: ConfigCommand,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,10 +210,7 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        command @ (Command::Keygen { .. }
-        | Command::Bundle { .. }
-        | Command::Sign { .. }
-        | Command::Inspect { .. }) => run_bundle_command(command).map(|()| ExitCode::SUCCESS),
+        Command::Bundles(command) => run_bundle_command(command).map(|()| ExitCode::SUCCESS),
         Command::Build {
             spec,
             board,
@@ -312,9 +316,9 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
-fn run_bundle_command(command: Command) -> Result<()> {
+fn run_bundle_command(command: BundleCommand) -> Result<()> {
     match command {
-        Command::Keygen { out, json } => {
+        BundleCommand::Keygen { out, json } => {
             let k = bundle_cmd::keygen(&out)?;
             if json {
                 print_json(&k)?;
@@ -328,7 +332,7 @@ fn run_bundle_command(command: Command) -> Result<()> {
                 );
             }
         }
-        Command::Bundle {
+        BundleCommand::Bundle {
             image,
             key,
             min_version,
@@ -354,7 +358,7 @@ fn run_bundle_command(command: Command) -> Result<()> {
                 );
             }
         }
-        Command::Sign { bundle, key, json } => {
+        BundleCommand::Sign { bundle, key, json } => {
             let s = bundle_cmd::sign(&bundle, &key)?;
             if json {
                 print_json(&s)?;
@@ -367,7 +371,7 @@ fn run_bundle_command(command: Command) -> Result<()> {
                 );
             }
         }
-        Command::Inspect {
+        BundleCommand::Inspect {
             bundle,
             trust,
             threshold,
@@ -390,12 +394,6 @@ fn run_bundle_command(command: Command) -> Result<()> {
                 print!("{}", report.render());
             }
             bundle_cmd::require_ok(&report)?;
-        }
-        Command::Build { .. }
-        | Command::Run { .. }
-        | Command::Mesh { .. }
-        | Command::Config { .. } => {
-            unreachable!("handled by run")
         }
     }
     Ok(())
