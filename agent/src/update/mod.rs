@@ -23,7 +23,7 @@ pub mod state;
 use basalt_formats::boot::{BootInfo, BOOT_INFO_PATH};
 use basalt_formats::bundle::stream::{BundleError, BundleReader};
 use basalt_formats::bundle::{
-    check, Decision, Manifest, PayloadName, PublicKey, Reason, TrustPolicy,
+    check, Decision, Manifest, PayloadName, PublicKey, Reason, Sha256Digest, TrustPolicy,
 };
 use basalt_formats::entry::{Assessment, EntryName};
 use basalt_formats::release::{Release, RELEASE_PATH};
@@ -31,7 +31,6 @@ use basalt_formats::Slot;
 use esp::Esp;
 use log::{error, info, warn};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use state::{SlotRecord, UpdateState};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -323,17 +322,7 @@ pub fn stage(source: impl Read, device: &Device) -> Result<CheckReport, UpdateEr
 }
 
 fn hash_prefix(path: &Path, len: u64) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?.take(len);
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    Ok(Sha256Digest::of_reader(std::fs::File::open(path)?.take(len))?.to_string())
 }
 
 /// `update apply`: arms the boot loader to try the staged slot on the next boot.

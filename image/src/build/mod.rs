@@ -23,7 +23,6 @@ use basalt_formats::record::{Artifact, BuildRecord};
 use basalt_formats::release::{Release, RELEASE_PATH};
 use basalt_formats::spec::OverlayRef;
 use basalt_formats::{Arch, BoardId, ImageSpec, Slot};
-use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -631,15 +630,8 @@ fn compress_zstd(src: &Path, dst: &Path, mut progress: impl FnMut(u64)) -> Resul
 }
 
 pub fn sha256_file(p: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(p).with_context(|| format!("reading {}", p.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    let f = std::fs::File::open(p).with_context(|| format!("reading {}", p.display()))?;
+    let digest = basalt_formats::bundle::Sha256Digest::of_reader(f)
+        .with_context(|| format!("reading {}", p.display()))?;
+    Ok(digest.to_string())
 }

@@ -35,6 +35,19 @@ impl Sha256Digest {
         Sha256Digest(Sha256::digest(bytes).into())
     }
 
+    /// The digest of everything `r` yields, read in 1 MiB blocks.
+    pub fn of_reader(mut r: impl std::io::Read) -> std::io::Result<Sha256Digest> {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                return Ok(Sha256Digest::from_hasher(h));
+            }
+            h.update(&buf[..n]);
+        }
+    }
+
     /// The digest a finished hasher holds.
     pub fn from_hasher(h: Sha256) -> Sha256Digest {
         Sha256Digest(h.finalize().into())
