@@ -11,6 +11,9 @@
 #   - installs the Debian packages listed below
 #   - mounts binfmt_misc and enables qemu-user-static for arm64 chroots
 #   - adds the aarch64-unknown-linux-gnu Rust target
+#   - runs scripts/fetch-models.sh: the ONNX models basalt-infer is tested
+#     on, and a Python venv with onnxruntime for reference outputs, under
+#     ${BASALT_CACHE_DIR:-/var/cache/basalt/cache}
 set -euo pipefail
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -71,6 +74,8 @@ packages=(
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross
     # tests: network namespaces, userspace WireGuard, ISO tools
     iproute2 iputils-ping wireguard-tools wireguard-go xorriso openssh-client
+    # inference tests: fetching the models, onnxruntime in a venv for reference outputs
+    curl ca-certificates python3 python3-venv
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -112,5 +117,7 @@ else
     echo "scripts/setup.sh: rustup not found; install Rust (https://rustup.rs) first" >&2
     exit 1
 fi
+
+"$(dirname "$0")/fetch-models.sh"
 
 log "setup complete"
