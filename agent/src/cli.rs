@@ -78,6 +78,25 @@ enum Command {
     /// Signed A/B updates, one visible step at a time.
     #[command(subcommand)]
     Update(UpdateCommand),
+    /// Send an inference request (KServe v2 JSON) to this node's server.
+    ///
+    /// Example: basalt-agent infer magika --input request.json
+    Infer {
+        /// The model's name.
+        model: String,
+        /// The request body: `{"inputs": [{"name", "shape", "datatype", "data"}]}`; `-` reads standard input.
+        #[arg(long)]
+        input: PathBuf,
+        /// The server to ask.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Print the response JSON as it came.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The signed record of every inference request this node answered.
+    #[command(subcommand)]
+    Metering(MeteringCommand),
     /// Decide whether this boot is good (run by basalt-health.service before boot-complete.target).
     ///
     /// Exits 0 when every check passes. When a check fails on a trial boot,
@@ -89,6 +108,29 @@ enum Command {
         /// Report only; never reboot.
         #[arg(long)]
         no_reboot: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MeteringCommand {
+    /// Write records as JSON lines, oldest first, signatures intact.
+    ///
+    /// Example: basalt-agent metering export --since 24h > usage.jsonl
+    Export {
+        /// Only records from this time on: RFC 3339 (2026-12-01T00:00:00Z) or an age (90m, 24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Check every signature and the chain of records in an export.
+    ///
+    /// Example: basalt-agent metering verify usage.jsonl
+    Verify {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -283,6 +325,38 @@ pub fn main() -> ExitCode {
             MeshCommand::Peers { state_dir, json } => mesh_show(&state_dir, json, true),
         },
         Command::Update(u) => run_update(u),
+        Command::Infer {
+            model,
+            input,
+            url,
+            json,
+        } => run_infer(&model, &input, &url, json),
+        Command::Metering(MeteringCommand::Export { since, output }) => {
+            (|| -> anyhow::Result<()> {
+                let since_ms = match since {
+                    Some(s) => parse_since(&s, std::time::SystemTime::now())?,
+                    None => 0,
+                };
+                let dir = Path::new(crate::metering::DEVICE_METERING_DIR);
+                let n = match output {
+                    Some(p) => {
+                        let mut f = std::io::BufWriter::new(
+                            std::fs::File::create(&p)
+                                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+                        );
+                        let n = crate::metering::export(dir, since_ms, &mut f)?;
+                        std::io::Write::flush(&mut f)?;
+                        n
+                    }
+                    None => crate::metering::export(dir, since_ms, &mut std::io::stdout().lock())?,
+                };
+                eprintln!("{n} record(s)");
+                Ok(())
+            })()
+        }
+        Command::Metering(MeteringCommand::Verify { file, json }) => {
+            return run_metering_verify(&file, json);
+        }
         Command::Info { json } => {
             let i = crate::node::info(Path::new(crate::node::NODE_DIR));
             let mut human = format!(
@@ -307,11 +381,20 @@ pub fn main() -> ExitCode {
                 ),
                 None => "mesh:     not joined\n".to_string(),
             };
-            human += &format!(
-                "models:   {}\nclients:  {} allowed",
-                i.models.len(),
-                i.allowed_clients
-            );
+            for m in &i.models {
+                let state = match &m.state {
+                    crate::serve::models::State::Loading => "loading".to_string(),
+                    crate::serve::models::State::Ready { load_ms } => {
+                        format!("ready (loaded in {load_ms} ms)")
+                    }
+                    crate::serve::models::State::Failed { error } => format!("failed: {error}"),
+                };
+                human += &format!("model:    {} {}: {state}\n", m.name, m.version);
+            }
+            if i.models.is_empty() {
+                human += "models:   none\n";
+            }
+            human += &format!("clients:  {} allowed", i.allowed_clients);
             print(json, &i, human);
             Ok(())
         }
@@ -379,6 +462,110 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--since`: an RFC 3339 time or an age before `now`; milliseconds since the epoch.
+fn parse_since(s: &str, now: std::time::SystemTime) -> anyhow::Result<u64> {
+    let t = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => {
+            let age = humantime::parse_duration(s).map_err(|_| {
+                anyhow::anyhow!(
+                    "--since {s:?}: expected an RFC 3339 time (2026-12-01T00:00:00Z) or an age (90m, 24h, 7d)"
+                )
+            })?;
+            now.checked_sub(age)
+                .ok_or_else(|| anyhow::anyhow!("--since {s:?}: before the epoch"))?
+        }
+    };
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64))
+}
+
+fn run_metering_verify(file: &Path, json: bool) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("basalt-agent: {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = basalt_formats::metering::verify_log(&text);
+    let mut human = format!(
+        "{}: {} record(s) verified from {} node(s)",
+        file.display(),
+        r.valid,
+        r.nodes.len()
+    );
+    for p in &r.problems {
+        human += &format!("\n{}: {p}", file.display());
+    }
+    print(json, &r, human);
+    if r.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run_infer(model: &str, input: &Path, url: &str, json: bool) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut open_source(input)?, &mut body)
+        .with_context(|| input.display().to_string())?;
+    let endpoint = format!("{}/v2/models/{model}/infer", url.trim_end_matches('/'));
+    let started = std::time::Instant::now();
+    let resp = reqwest::blocking::Client::new()
+        .post(&endpoint)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .with_context(|| format!("POST {endpoint}"))?;
+    let status = resp.status();
+    let text = resp
+        .text()
+        .with_context(|| format!("POST {endpoint}: reading the answer"))?;
+    let took = started.elapsed();
+    if !status.is_success() {
+        let msg = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        anyhow::bail!("{model}: {status}: {msg}");
+    }
+    if json {
+        println!("{text}");
+        return Ok(());
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{endpoint}: answer is not JSON"))?;
+    println!(
+        "{} {} answered in {} ms by node {}",
+        v["model_name"].as_str().unwrap_or(model),
+        v["model_version"].as_str().unwrap_or(""),
+        took.as_millis(),
+        v["parameters"]["served_by"].as_str().unwrap_or("?")
+    );
+    for o in v["outputs"].as_array().into_iter().flatten() {
+        let data = o["data"].as_array().map(|d| d.as_slice()).unwrap_or(&[]);
+        let shown: Vec<String> = data.iter().take(8).map(|x| x.to_string()).collect();
+        let argmax = data
+            .iter()
+            .enumerate()
+            .filter_map(|(i, x)| x.as_f64().map(|x| (i, x)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, x)| format!(", max {x} at {i}"))
+            .unwrap_or_default();
+        println!(
+            "  {} {} {}: [{}{}]{argmax}",
+            o["name"].as_str().unwrap_or("?"),
+            o["datatype"].as_str().unwrap_or("?"),
+            o["shape"],
+            shown.join(", "),
+            if data.len() > 8 { ", …" } else { "" }
+        );
+    }
+    Ok(())
 }
 
 fn print(json: bool, value: &impl serde::Serialize, human: String) {

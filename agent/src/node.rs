@@ -282,8 +282,8 @@ pub struct Info {
     pub addresses: Vec<(String, String)>,
     /// The mesh, when this node runs one.
     pub mesh: Option<crate::mesh::status::MeshStatus>,
-    /// Models served by this node.
-    pub models: Vec<String>,
+    /// The models of this node and their state (empty until the server has started).
+    pub models: Vec<crate::serve::models::Status>,
     pub allowed_clients: usize,
 }
 
@@ -315,7 +315,10 @@ pub fn info(dir: &Path) -> Info {
         uptime_s: st.uptime_s,
         addresses,
         mesh: crate::mesh::status::read(&dir.join("mesh")).ok(),
-        models: Vec::new(),
+        models: std::fs::read(crate::serve::MODELS_STATUS_PATH)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default(),
         allowed_clients: clients(dir).map(|c| c.len()).unwrap_or(0),
     }
 }

@@ -74,6 +74,72 @@ fn start_mesh(token: basalt_formats::mesh::NetworkToken, key: ed25519_dalek::Sig
     }
 }
 
+/// Runs the inference server on its own thread: loads the image's and the
+/// data partition's models and serves them on every address of the node.
+fn start_inference(
+    identity: Option<&crate::identity::NodeIdentity>,
+    config: Option<&basalt_formats::cloud_config::Basalt>,
+) {
+    let limits = crate::serve::Limits::from_config(config.and_then(|b| b.inference.as_ref()));
+    let token: Option<basalt_formats::mesh::NetworkToken> = config
+        .and_then(|b| b.mesh.as_ref())
+        .and_then(|m| m.token.as_str().parse().ok());
+    let access = crate::serve::access::Access {
+        mesh_v6: token.as_ref().map(|t| t.ipv6_prefix()),
+        mesh_v4: token.as_ref().map(|t| t.ipv4_range()),
+        clients_dir: std::path::PathBuf::from(crate::node::NODE_DIR),
+    };
+    let metering = identity.and_then(|id| {
+        crate::metering::MeteringLog::open(
+            Path::new(crate::metering::DEVICE_METERING_DIR),
+            id.signing_key().clone(),
+        )
+        .map_err(|e| warn!("metering: {e}; requests are served but not metered"))
+        .ok()
+    });
+    let models = crate::serve::models::Registry::new(Some(crate::serve::MODELS_STATUS_PATH.into()));
+    let server = crate::serve::Server::new(
+        models,
+        limits,
+        access,
+        metering,
+        identity.map(|id| id.node_id()),
+    );
+    let spawned = std::thread::Builder::new()
+        .name("inference".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return log::error!("inference: starting the async runtime: {e}"),
+            };
+            rt.block_on(async move {
+                let port = crate::serve::DEFAULT_PORT;
+                // Dual-stack where IPv6 is on; IPv4 alone where it is not.
+                let listener = match tokio::net::TcpListener::bind(("::", port)).await {
+                    Ok(l) => l,
+                    Err(_) => match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
+                        Ok(l) => l,
+                        Err(e) => return log::error!("inference: port {port}: {e}"),
+                    },
+                };
+                info!("inference API on port {port}");
+                server.load_models(vec![
+                    basalt_formats::model::IMAGE_MODELS_DIR.into(),
+                    basalt_formats::model::DATA_MODELS_DIR.into(),
+                ]);
+                if let Err(e) = server.serve(listener, std::future::pending()).await {
+                    log::error!("inference server stopped: {e}");
+                }
+            });
+        });
+    if let Err(e) = spawned {
+        log::error!("inference: starting its thread: {e}");
+    }
+}
+
 pub fn run() -> anyhow::Result<()> {
     // Provisioning never fails the service: problems are in its status.
     let (found, read_errors) =
@@ -149,6 +215,12 @@ pub fn run() -> anyhow::Result<()> {
             }
         }
     }
+    start_inference(
+        identity.as_ref(),
+        crate::provision::current_config(Path::new(crate::provision::STATE_DIR))
+            .and_then(|c| c.basalt)
+            .as_ref(),
+    );
     match crate::update::Device::open() {
         Ok(device) => crate::update::reconcile_on_boot(&device),
         Err(e) => warn!("update state not checked: {e}"),

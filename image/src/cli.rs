@@ -79,6 +79,10 @@ enum Command {
         /// With --until-ready: give up after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+        /// Make a guest TCP port reachable on the host's loopback, as HOST:GUEST
+        /// (repeatable), such as 8080:8080 for the inference API.
+        #[arg(long = "forward", value_name = "HOST:GUEST", value_parser = parse_forward)]
+        forwards: Vec<(u16, u16)>,
     },
     #[command(flatten)]
     Bundles(BundleCommand),
@@ -247,6 +251,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             keep,
             until_ready,
             timeout,
+            forwards,
         } => {
             let board_id = match board {
                 Some(b) => b,
@@ -269,6 +274,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cpus: 2,
                 keep_state: keep,
                 extra_args: Vec::new(),
+                forwards,
             };
             if until_ready {
                 let mut vm = qemu::Vm::start(&cfg)?;
@@ -409,4 +415,18 @@ fn record_beside(image: &Path) -> Result<BuildRecord> {
         )
     })?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// `--forward HOST:GUEST`.
+fn parse_forward(s: &str) -> Result<(u16, u16), String> {
+    let (h, g) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected HOST:GUEST, such as 8080:8080"))?;
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("{s:?}: {p:?} is not a TCP port (1-65535)"))
+    };
+    Ok((port(h)?, port(g)?))
 }

@@ -28,6 +28,8 @@ pub struct VmConfig {
     pub keep_state: bool,
     /// Extra arguments passed to QEMU as they are.
     pub extra_args: Vec<String>,
+    /// TCP ports of the guest reachable on the host's loopback: (host, guest).
+    pub forwards: Vec<(u16, u16)>,
 }
 
 /// A running VM whose serial console is captured.
@@ -91,12 +93,15 @@ pub fn command(cfg: &VmConfig, disk: &Path, vars: &Path) -> Command {
             disk.display()
         ))
         .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"])
-        .args([
-            "-netdev",
-            "user,id=net0",
-            "-device",
-            "virtio-net-pci,netdev=net0",
-        ])
+        .arg("-netdev")
+        .arg(
+            cfg.forwards
+                .iter()
+                .fold("user,id=net0".to_string(), |acc, (host, guest)| {
+                    format!("{acc},hostfwd=tcp:127.0.0.1:{host}-:{guest}")
+                }),
+        )
+        .args(["-device", "virtio-net-pci,netdev=net0"])
         .args(["-device", "virtio-rng-pci"])
         .args(["-serial", "mon:stdio"])
         .args(&cfg.extra_args);
@@ -305,7 +310,7 @@ impl Vm {
                         .take_while(|c| c.is_ascii_digit())
                         .collect();
                     if !status_text.is_empty() && new[e..].contains('\n') {
-                        return Ok((status_text.parse().unwrap_or(-1), out.to_string()));
+                        return Ok((status_text.parse().unwrap_or(-1), without_kernel_lines(out)));
                     }
                 }
             }
@@ -352,8 +357,37 @@ impl Vm {
     }
 }
 
+/// `text` without the kernel's own messages, which the serial console
+/// interleaves with a command's output (`[   24.516784] kvm: ...`).
+fn without_kernel_lines(text: &str) -> String {
+    text.split_inclusive('\n')
+        .filter(|l| {
+            let Some(rest) = l.strip_prefix('[') else {
+                return true;
+            };
+            let Some((stamp, _)) = rest.split_once(']') else {
+                return true;
+            };
+            let stamp = stamp.trim_start();
+            !(stamp.contains('.') && stamp.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        })
+        .collect()
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_messages_are_taken_out_of_command_output() {
+        let out = "[   24.516784] kvm: Nested Virtualization enabled\n[    0.1] x\n13796d7b\n[not a stamp] kept\n";
+        assert_eq!(
+            super::without_kernel_lines(out),
+            "13796d7b\n[not a stamp] kept\n"
+        );
     }
 }

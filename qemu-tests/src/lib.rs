@@ -192,6 +192,7 @@ pub fn vm_config(board: BoardId, image: &Path, name: &str) -> VmConfig {
         cpus: 2,
         keep_state: false,
         extra_args: Vec::new(),
+        forwards: Vec::new(),
     }
 }
 

@@ -16,6 +16,8 @@ pub mod entry;
 pub mod initrd;
 pub mod layout;
 pub mod mesh;
+pub mod metering;
+pub mod model;
 pub mod record;
 pub mod release;
 pub mod size;

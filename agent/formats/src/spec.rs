@@ -10,6 +10,12 @@
 //! overlays: [base, ./site]
 //! rootfs: { type: squashfs }
 //! sizes: { esp: 128MiB, slot: 1GiB, data: 256MiB }
+//! models:
+//!   - { name: classifier, path: models/classifier.onnx, batch_max: 8 }
+//!   - name: magika
+//!     url: https://static.crates.io/crates/magika/magika-1.1.0.crate
+//!     sha256: 0b5ac4…       # of the download
+//!     member: magika-1.1.0/src/model.onnx   # the file inside a .crate/.tar.gz/.whl/.zip
 //! ```
 
 use crate::board::BoardId;
@@ -37,6 +43,48 @@ pub struct ImageSpecFile {
     pub sizes: SizesFile,
     #[serde(default)]
     pub kernel_cmdline: Vec<String>,
+    #[serde(default)]
+    pub models: Vec<ModelFile>,
+}
+
+/// One entry of `models:` as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    /// A file next to the spec (relative paths are relative to the spec's directory).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Or a download, checked against `sha256`.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The model file inside an archive (`.tar.gz`, `.crate`, `.zip`, `.whl`).
+    #[serde(default)]
+    pub member: Option<String>,
+    #[serde(default)]
+    pub batch_max: Option<u32>,
+}
+
+/// Where a baked-in model comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelSource {
+    Path(String),
+    Url { url: String, sha256: [u8; 32] },
+}
+
+/// A model to bake into the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelSpec {
+    pub name: crate::mesh::ModelName,
+    pub version: String,
+    pub source: ModelSource,
+    pub member: Option<String>,
+    pub batch_max: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -137,6 +185,8 @@ pub struct ImageSpec {
     pub rootfs_compression_level: u8,
     pub sizes: Sizes,
     pub kernel_cmdline: Vec<String>,
+    /// Models baked into the image, served from `/usr/lib/basalt/models`.
+    pub models: Vec<ModelSpec>,
 }
 
 /// Default compression level of the root image: zstd 9 for squashfs is
@@ -316,8 +366,99 @@ impl ImageSpec {
             rootfs_compression_level: level,
             sizes,
             kernel_cmdline: file.kernel_cmdline,
+            models: check_models(&file.models).map_err(|(f, r)| invalid(&f, r))?,
         })
     }
+}
+
+fn check_models(models: &[ModelFile]) -> Result<Vec<ModelSpec>, (String, String)> {
+    let mut out: Vec<ModelSpec> = Vec::new();
+    for (i, m) in models.iter().enumerate() {
+        let field = |f: &str| format!("models[{i}].{f}");
+        let name: crate::mesh::ModelName = m
+            .name
+            .parse()
+            .map_err(|e| (field("name"), format!("{e}")))?;
+        if out.iter().any(|o| o.name == name) {
+            return Err((field("name"), format!("{name} is listed twice")));
+        }
+        let version = m
+            .version
+            .clone()
+            .unwrap_or_else(|| crate::model::DEFAULT_VERSION.to_string());
+        let source = match (&m.path, &m.url, &m.sha256) {
+            (Some(p), None, None) if !p.is_empty() => ModelSource::Path(p.clone()),
+            (None, Some(u), Some(h)) => {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err((
+                        field("url"),
+                        format!("{u:?} must be an http:// or https:// URL"),
+                    ));
+                }
+                let sha256: [u8; 32] = hex::decode(h)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| (field("sha256"), format!("{h:?} is not 64 hex digits")))?;
+                ModelSource::Url {
+                    url: u.clone(),
+                    sha256,
+                }
+            }
+            (None, Some(_), None) => {
+                return Err((
+                    field("sha256"),
+                    "a download needs the SHA-256 it must have".into(),
+                ))
+            }
+            (Some(_), _, Some(_)) => {
+                return Err((
+                    field("sha256"),
+                    "only for downloads (url); a path is read as it is".into(),
+                ))
+            }
+            _ => {
+                return Err((
+                    field("path"),
+                    "give either path or url (with sha256)".into(),
+                ))
+            }
+        };
+        if let Some(member) = &m.member {
+            if member.is_empty() || member.starts_with('/') || member.split('/').any(|c| c == "..")
+            {
+                return Err((
+                    field("member"),
+                    format!("{member:?} must be a relative path inside the archive"),
+                ));
+            }
+        }
+        let batch_max = m.batch_max.unwrap_or(1);
+        if !(1..=crate::model::MAX_BATCH).contains(&batch_max) {
+            return Err((
+                field("batch_max"),
+                format!("{batch_max} is outside 1..={}", crate::model::MAX_BATCH),
+            ));
+        }
+        let manifest = crate::model::ModelManifest {
+            name: name.clone(),
+            version: version.clone(),
+            file: "model.onnx".into(),
+            sha256: "0".repeat(64),
+            batch_max,
+            source: None,
+        };
+        manifest
+            .check()
+            .map_err(|e| (field("version"), e.to_string()))?;
+        out.push(ModelSpec {
+            name,
+            version,
+            source,
+            member: m.member.clone(),
+            batch_max,
+        });
+    }
+    Ok(out)
 }
 
 /// An image name: 1-63 characters of `a-z`, `0-9` and `-`, not starting with `-`.

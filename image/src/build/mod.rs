@@ -12,6 +12,7 @@ pub mod disk;
 pub mod esp;
 pub mod fsimage;
 pub mod initrd;
+pub mod models;
 pub mod rootfs;
 
 use crate::assets;
@@ -189,7 +190,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
     }
     std::fs::create_dir_all(&work)?;
 
-    let mut progress = Progress::new(8);
+    let mut progress = Progress::new(8 + usize::from(!spec.models.is_empty()));
 
     // 1. Root file system.
     let mut packages: Vec<String> = spec
@@ -244,6 +245,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
     };
     customise(&root, &spec, &opts.spec, &agent, &release)?;
     step.done(&format!("kernel {kver}"));
+    if !spec.models.is_empty() {
+        let step = progress.step(&format!("models ({})", spec.models.len()));
+        let spec_dir = match &opts.spec {
+            SpecSource::File(f) => f.parent().map(Path::to_path_buf).unwrap_or_default(),
+            SpecSource::Builtin => std::env::current_dir()?,
+        };
+        let lines = models::install(&spec.models, &spec_dir, &opts.cache_dir, &root, Some(&step))?;
+        step.done(&lines.join("; "));
+    }
 
     // 2. initrd.
     let step = progress.step("initrd");

@@ -1,0 +1,580 @@
+//! The inference server: the KServe Open Inference Protocol v2 over HTTP,
+//! plus `/health` and `/metrics`.
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `GET /v2/health/live`, `/v2/health/ready` | 200 when live / when every model is loaded |
+//! | `GET /v2` | server metadata |
+//! | `GET /v2/models/{name}`, `/v2/models/{name}/ready` | model metadata / readiness |
+//! | `POST /v2/models/{name}/infer` | runs the model on JSON tensors |
+//! | `GET /health` | node and per-model state, JSON |
+//! | `GET /metrics` | Prometheus text format |
+//!
+//! Limits, each with its status: a body over `max_request_bytes` is 413; a
+//! full queue is 429 with `Retry-After`; a request not answered within
+//! `timeout_ms` is 504; a body not received within [`BODY_TIMEOUT`] is 408;
+//! shapes and types that do not fit the model are 400 naming the input.
+//! Errors are JSON: `{"error": "..."}`. Every infer request leaves a signed
+//! metering record ([`crate::metering`]).
+
+pub mod access;
+mod batcher;
+pub mod metrics;
+pub mod models;
+
+use access::{Access, Caller};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path as UrlPath, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use basalt_infer::v2;
+use basalt_infer::InferError;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Semaphore};
+
+/// The port the server listens on, on every address of the node.
+pub const DEFAULT_PORT: u16 = 8080;
+/// Time a client has to send its whole body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Where the server writes its models' state for `basalt-agent info`.
+pub const MODELS_STATUS_PATH: &str = "/run/basalt/models.json";
+
+/// The server's limits: cloud-config's `basalt.inference`, or defaults.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_request_bytes: usize,
+    /// Requests that may wait for a worker; more get 429.
+    pub queue_capacity: usize,
+    pub timeout: Duration,
+    /// Models run at once (each run uses one core).
+    pub threads: usize,
+    /// How long a batch waits for more requests.
+    pub batch_window: Duration,
+    /// Most tensor elements one request may declare.
+    pub max_elements: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_bytes: 16 << 20,
+            queue_capacity: 64,
+            timeout: Duration::from_secs(30),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            batch_window: Duration::from_millis(2),
+            max_elements: 16 << 20,
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults with cloud-config's settings on top.
+    pub fn from_config(c: Option<&basalt_formats::cloud_config::Inference>) -> Limits {
+        let mut l = Limits::default();
+        if let Some(c) = c {
+            if let Some(b) = c.max_request_bytes {
+                l.max_request_bytes = b as usize;
+            }
+            if let Some(q) = c.queue_capacity {
+                l.queue_capacity = q as usize;
+            }
+            if let Some(t) = c.timeout_ms {
+                l.timeout = Duration::from_millis(t);
+            }
+            if let Some(t) = c.threads {
+                l.threads = (t as usize).max(1);
+            }
+        }
+        l
+    }
+}
+
+/// One request on its way to a model.
+#[derive(Debug)]
+pub struct Job {
+    pub request: v2::InferRequest,
+    pub reply: oneshot::Sender<Result<v2::InferResponse, InferError>>,
+}
+
+/// Everything a handler needs.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub models: models::Registry,
+    pub limits: Arc<Limits>,
+    pub workers: Arc<Semaphore>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub access: Arc<Access>,
+    pub metering: Option<crate::metering::MeteringLog>,
+    /// This node's id, named in responses.
+    pub node: Option<basalt_formats::mesh::NodeId>,
+    /// Requests admitted and not yet answered.
+    pending: Arc<AtomicUsize>,
+}
+
+impl Server {
+    pub fn new(
+        models: models::Registry,
+        limits: Limits,
+        access: Access,
+        metering: Option<crate::metering::MeteringLog>,
+        node: Option<basalt_formats::mesh::NodeId>,
+    ) -> Server {
+        Server {
+            models,
+            workers: Arc::new(Semaphore::new(limits.threads)),
+            limits: Arc::new(limits),
+            metrics: Arc::new(metrics::Metrics::default()),
+            access: Arc::new(access),
+            metering,
+            node,
+            pending: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Requests admitted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Loads every model found under `roots`, one after another, in the background.
+    pub fn load_models(&self, roots: Vec<std::path::PathBuf>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let roots: Vec<&std::path::Path> = roots.iter().map(|p| p.as_path()).collect();
+            for (_, dir) in models::discover(&roots) {
+                me.models
+                    .load(
+                        dir,
+                        me.limits.clone(),
+                        me.workers.clone(),
+                        me.metrics.clone(),
+                    )
+                    .await;
+            }
+        });
+    }
+
+    /// The routes.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/v2/health/live", get(live))
+            .route("/v2/health/ready", get(ready))
+            .route("/v2", get(server_metadata))
+            .route("/v2/models/{name}", get(model_metadata))
+            .route("/v2/models/{name}/ready", get(model_ready))
+            .route("/v2/models/{name}/infer", post(infer))
+            .route("/health", get(health))
+            .route("/metrics", get(metrics_text))
+            .fallback(not_found)
+            .with_state(self)
+    }
+
+    /// Serves on `listener` until the future `stop` completes.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(
+            listener,
+            self.router()
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await
+    }
+}
+
+/// An error answer: `{"error": "..."}` with its status.
+fn error(status: u16, message: impl Into<String>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Who the caller is, for requests without a body.
+// The refusal is the answer itself, as axum handlers return it.
+#[allow(clippy::result_large_err)]
+fn caller(
+    s: &Server,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    method: &Method,
+    uri: &Uri,
+) -> Result<Caller, Response> {
+    check(s, peer.ip(), headers, method, uri, b"")
+}
+
+#[allow(clippy::result_large_err)]
+fn check(
+    s: &Server,
+    peer: IpAddr,
+    headers: &HeaderMap,
+    method: &Method,
+    uri: &Uri,
+    body: &[u8],
+) -> Result<Caller, Response> {
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    s.access
+        .check(peer, auth, method.as_str(), path, body, now_s())
+        .map_err(|d| {
+            let mut r = error(d.status, d.reason);
+            if d.status == 401 {
+                r.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(access::SCHEME),
+                );
+            }
+            r
+        })
+}
+
+async fn live() -> Response {
+    axum::Json(json!({"live": true})).into_response()
+}
+
+async fn ready(State(s): State<Server>) -> Response {
+    let ready = s.models.all_ready();
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(json!({ "ready": ready }))).into_response()
+}
+
+async fn server_metadata(
+    State(s): State<Server>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    if let Err(r) = caller(&s, peer, &headers, &method, &uri) {
+        return r;
+    }
+    axum::Json(json!({
+        "name": "basalt-agent",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": [],
+    }))
+    .into_response()
+}
+
+async fn model_metadata(
+    State(s): State<Server>,
+    UrlPath(name): UrlPath<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    if let Err(r) = caller(&s, peer, &headers, &method, &uri) {
+        return r;
+    }
+    match (s.models.get(&name), s.models.status(&name)) {
+        (Some(m), _) => axum::Json(m.model.metadata()).into_response(),
+        (None, Some(st)) => error(
+            503,
+            format!("model {name} is not ready: {}", state_text(&st.state)),
+        ),
+        (None, None) => error(404, format!("no model named {name:?} on this node")),
+    }
+}
+
+fn state_text(s: &models::State) -> String {
+    match s {
+        models::State::Loading => "loading".into(),
+        models::State::Ready { .. } => "ready".into(),
+        models::State::Failed { error } => format!("failed: {error}"),
+    }
+}
+
+async fn model_ready(
+    State(s): State<Server>,
+    UrlPath(name): UrlPath<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    if let Err(r) = caller(&s, peer, &headers, &method, &uri) {
+        return r;
+    }
+    match s.models.status(&name) {
+        Some(st) => {
+            let ready = matches!(st.state, models::State::Ready { .. });
+            let code = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (code, axum::Json(json!({ "name": name, "ready": ready }))).into_response()
+        }
+        None => error(404, format!("no model named {name:?} on this node")),
+    }
+}
+
+async fn health(
+    State(s): State<Server>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    if let Err(r) = caller(&s, peer, &headers, &method, &uri) {
+        return r;
+    }
+    let models = s.models.list();
+    let ok = models
+        .iter()
+        .all(|m| matches!(m.state, models::State::Ready { .. }));
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "node": s.node.map(|n| n.to_string()),
+        "version": env!("CARGO_PKG_VERSION"),
+        "in_flight": s.pending.load(Ordering::Relaxed),
+        "models": models,
+    });
+    (code, axum::Json(body)).into_response()
+}
+
+async fn metrics_text(
+    State(s): State<Server>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    if let Err(r) = caller(&s, peer, &headers, &method, &uri) {
+        return r;
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn not_found(uri: Uri) -> Response {
+    error(404, format!("no such endpoint: {}", uri.path()))
+}
+
+/// Releases an admission slot when dropped.
+struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Reads the body within the size and time limits.
+async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Response> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(error(
+            408,
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        )),
+        Ok(Err(e)) => {
+            // to_bytes fails for a body over the limit, or a broken connection.
+            let too_big = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_big {
+                Err(error(
+                    413,
+                    format!("request body is larger than the limit of {limit} bytes"),
+                ))
+            } else {
+                Err(error(400, format!("reading the request body: {e}")))
+            }
+        }
+        Ok(Ok(b)) => Ok(b),
+    }
+}
+
+async fn infer(
+    State(s): State<Server>,
+    UrlPath(name): UrlPath<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    method: Method,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    // A declared length over the limit is refused before reading anything.
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = s.limits.max_request_bytes;
+    let body = match declared {
+        Some(n) if n > limit as u64 => Err(error(
+            413,
+            format!("request body of {n} bytes is larger than the limit of {limit} bytes"),
+        )),
+        _ => read_body(body, limit).await,
+    };
+    let (response, caller, bytes_in, digest, version) = match body {
+        Err(r) => (r, None, 0, [0; 32], None),
+        Ok(body) => {
+            let digest: [u8; 32] = Sha256::digest(&body).into();
+            match check(&s, peer.ip(), &headers, &method, &uri, &body) {
+                Err(r) => (r, None, body.len() as u64, digest, None),
+                Ok(c) => {
+                    let (r, version) = run(&s, &name, &body).await;
+                    (r, Some(c), body.len() as u64, digest, version)
+                }
+            }
+        }
+    };
+    let mut response = response;
+    if let Some(n) = s.node {
+        if let Ok(v) = HeaderValue::from_str(&n.to_string()) {
+            response.headers_mut().insert("basalt-served-by", v);
+        }
+    }
+    let status = response.status().as_u16();
+    let known = s.models.status(&name).is_some();
+    let label = if known {
+        name.as_str()
+    } else {
+        metrics::UNKNOWN_MODEL
+    };
+    let wall = started.elapsed();
+    s.metrics.observe(label, status, wall.as_secs_f64());
+    // Only callers that got past the access check are metered: the others
+    // are not anybody's usage.
+    let (Some(caller), Some(log)) = (caller, &s.metering) else {
+        return response;
+    };
+    let (parts, body) = response.into_parts();
+    let out = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    log.record(crate::metering::Usage {
+        model: name,
+        model_version: version,
+        bytes_in,
+        bytes_out: out.len() as u64,
+        wall_us: wall.as_micros() as u64,
+        input_sha256: digest,
+        status,
+        served_by: None,
+        client: caller.label(),
+    });
+    Response::from_parts(parts, Body::from(out))
+}
+
+/// Parses, queues and runs one request; returns the answer and the model version.
+async fn run(s: &Server, name: &str, body: &[u8]) -> (Response, Option<String>) {
+    let Some(served) = s.models.get(name) else {
+        return match s.models.status(name) {
+            Some(st) => (
+                error(
+                    503,
+                    format!("model {name} is not ready: {}", state_text(&st.state)),
+                ),
+                Some(st.version),
+            ),
+            None => (
+                error(404, format!("no model named {name:?} on this node")),
+                None,
+            ),
+        };
+    };
+    let version = Some(served.model.version().to_string());
+    let request = match v2::parse_request(
+        body,
+        &v2::RequestLimits {
+            max_elements: s.limits.max_elements,
+        },
+    ) {
+        Ok(r) => r,
+        Err(e) => return (error(e.status(), e.to_string()), version),
+    };
+    // Admission: the running requests plus the queue's capacity.
+    let cap = s.limits.threads + s.limits.queue_capacity;
+    if s.pending.fetch_add(1, Ordering::AcqRel) >= cap {
+        s.pending.fetch_sub(1, Ordering::AcqRel);
+        let mut r = error(
+            429,
+            format!("the queue is full ({cap} requests); retry shortly"),
+        );
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static("1"),
+        );
+        return (r, version);
+    }
+    let _admitted = Admitted(s.pending.clone());
+    let (tx, rx) = oneshot::channel();
+    let labels = metrics::ModelLabels {
+        model: name.to_string(),
+    };
+    s.metrics.queue_depth.get_or_create(&labels).inc();
+    if served.queue.try_send(Job { request, reply: tx }).is_err() {
+        s.metrics.queue_depth.get_or_create(&labels).dec();
+        let mut r = error(
+            429,
+            format!("the queue of model {name} is full; retry shortly"),
+        );
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static("1"),
+        );
+        return (r, version);
+    }
+    match tokio::time::timeout(s.limits.timeout, rx).await {
+        Err(_) => (
+            error(
+                504,
+                format!(
+                    "model {name} did not answer within {} ms",
+                    s.limits.timeout.as_millis()
+                ),
+            ),
+            version,
+        ),
+        Ok(Err(_)) => (
+            error(500, format!("model {name}: the worker stopped")),
+            version,
+        ),
+        Ok(Ok(Err(e))) => (error(e.status(), e.to_string()), version),
+        Ok(Ok(Ok(mut resp))) => {
+            if let Some(n) = s.node {
+                resp.parameters
+                    .get_or_insert_with(Default::default)
+                    .insert("served_by".into(), json!(n.to_string()));
+            }
+            (axum::Json(resp).into_response(), version)
+        }
+    }
+}

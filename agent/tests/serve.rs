@@ -1,0 +1,504 @@
+//! The inference server end to end over real HTTP on loopback: a small MLP
+//! made here as ONNX, loaded with tract, served behind the v2 API.
+
+use basalt_agent::serve::{self, models, Limits, Server};
+use basalt_formats::metering::verify_log;
+use ed25519_dalek::SigningKey;
+use prost::Message;
+use std::path::Path;
+use std::time::Duration;
+use tract_onnx::pb;
+
+/// A two-layer perceptron y = relu(x·W1 + b1)·W2 + b2 with x: FP32 [N, 4]
+/// and y: FP32 [N, 3], as an ONNX file.
+fn mlp_onnx() -> Vec<u8> {
+    fn tensor(name: &str, dims: &[i64], data: Vec<f32>) -> pb::TensorProto {
+        pb::TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: pb::tensor_proto::DataType::Float as i32,
+            float_data: data,
+            ..Default::default()
+        }
+    }
+    fn value(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
+        use pb::tensor_shape_proto::dimension::Value;
+        pb::ValueInfoProto {
+            name: name.into(),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: pb::tensor_proto::DataType::Float as i32,
+                    shape: Some(pb::TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|d| pb::tensor_shape_proto::Dimension {
+                                value: Some(match d {
+                                    Some(n) => Value::DimValue(*n),
+                                    None => Value::DimParam("N".into()),
+                                }),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+    fn node(op: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
+        pb::NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            name: output.into(),
+            ..Default::default()
+        }
+    }
+    let w1: Vec<f32> = (0..32)
+        .map(|i| ((i * 7 % 11) as f32 - 5.0) / 10.0)
+        .collect();
+    let w2: Vec<f32> = (0..24)
+        .map(|i| ((i * 5 % 13) as f32 - 6.0) / 10.0)
+        .collect();
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        producer_name: "basalt-tests".into(),
+        graph: Some(pb::GraphProto {
+            name: "mlp".into(),
+            node: vec![
+                node("MatMul", &["x", "w1"], "h0"),
+                node("Add", &["h0", "b1"], "h1"),
+                node("Relu", &["h1"], "h"),
+                node("MatMul", &["h", "w2"], "y0"),
+                node("Add", &["y0", "b2"], "y"),
+            ],
+            initializer: vec![
+                tensor("w1", &[4, 8], w1),
+                tensor("b1", &[8], vec![0.1; 8]),
+                tensor("w2", &[8, 3], w2),
+                tensor("b2", &[3], vec![-0.2, 0.0, 0.2]),
+            ],
+            input: vec![value("x", &[None, Some(4)])],
+            output: vec![value("y", &[None, Some(3)])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    model.encode_to_vec()
+}
+
+/// A model directory as the image builder writes it.
+fn install_model(root: &Path, name: &str, batch_max: u32) {
+    use sha2::Digest;
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = mlp_onnx();
+    std::fs::write(dir.join("model.onnx"), &bytes).unwrap();
+    let m = serde_json::json!({"name": name, "version": "3", "file": "model.onnx",
+        "sha256": hex::encode(sha2::Sha256::digest(&bytes)), "batch_max": batch_max});
+    std::fs::write(dir.join("model.json"), m.to_string()).unwrap();
+}
+
+struct Running {
+    base: String,
+    server: Server,
+    dirs: tempfile::TempDir,
+    client: reqwest::Client,
+}
+
+async fn start(limits: Limits, batch_max: u32) -> Running {
+    let dirs = tempfile::tempdir().unwrap();
+    let models_dir = dirs.path().join("models");
+    install_model(&models_dir, "mlp", batch_max);
+    // A broken model next to it must not stop the good one.
+    std::fs::create_dir_all(models_dir.join("broken")).unwrap();
+    std::fs::write(models_dir.join("broken/model.onnx"), b"not onnx").unwrap();
+    std::fs::write(
+        models_dir.join("broken/model.json"),
+        serde_json::json!({"name":"broken","version":"1","file":"model.onnx",
+            "sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"not onnx")), "batch_max":1})
+        .to_string(),
+    )
+    .unwrap();
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let metering =
+        basalt_agent::metering::MeteringLog::open(&dirs.path().join("metering"), key.clone())
+            .unwrap();
+    let server = Server::new(
+        models::Registry::new(None),
+        limits,
+        serve::access::Access {
+            clients_dir: dirs.path().join("node"),
+            ..Default::default()
+        },
+        Some(metering),
+        Some(basalt_formats::mesh::NodeId::from_verifying_key(
+            &key.verifying_key(),
+        )),
+    );
+    server.load_models(vec![models_dir]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(server.clone().serve(listener, std::future::pending()));
+    let r = Running {
+        base,
+        server,
+        dirs,
+        client: reqwest::Client::new(),
+    };
+    // Wait until both models have settled (one ready, one failed).
+    for _ in 0..600 {
+        let settled = r
+            .server
+            .models
+            .list()
+            .iter()
+            .filter(|s| !matches!(s.state, models::State::Loading))
+            .count();
+        if settled == 2 {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("models did not load: {:?}", r.server.models.list());
+}
+
+impl Running {
+    async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let code = r.status().as_u16();
+        (code, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    async fn infer(
+        &self,
+        model: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+        let r = self
+            .client
+            .post(format!("{}/v2/models/{model}/infer", self.base))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let code = r.status().as_u16();
+        let headers = r.headers().clone();
+        (
+            code,
+            r.json().await.unwrap_or(serde_json::Value::Null),
+            headers,
+        )
+    }
+}
+
+fn request(rows: usize) -> String {
+    let data: Vec<f32> = (0..rows * 4).map(|i| i as f32 / 10.0 - 0.5).collect();
+    serde_json::json!({"id": "r1", "inputs": [{"name": "x", "shape": [rows, 4], "datatype": "FP32", "data": data}]})
+        .to_string()
+}
+
+/// y for one row, computed here the long way.
+fn expected(x: &[f32]) -> Vec<f32> {
+    let w1: Vec<f32> = (0..32)
+        .map(|i| ((i * 7 % 11) as f32 - 5.0) / 10.0)
+        .collect();
+    let w2: Vec<f32> = (0..24)
+        .map(|i| ((i * 5 % 13) as f32 - 6.0) / 10.0)
+        .collect();
+    let h: Vec<f32> = (0..8)
+        .map(|j| ((0..4).map(|k| x[k] * w1[k * 8 + j]).sum::<f32>() + 0.1).max(0.0))
+        .collect();
+    let b2 = [-0.2, 0.0, 0.2];
+    (0..3)
+        .map(|j| (0..8).map(|k| h[k] * w2[k * 3 + j]).sum::<f32>() + b2[j])
+        .collect()
+}
+
+#[tokio::test]
+async fn serves_v2_metadata_health_and_correct_answers() {
+    let r = start(Limits::default(), 4).await;
+    assert_eq!(
+        r.get("/v2/health/live").await,
+        (200, serde_json::json!({"live": true}))
+    );
+    // One model failed to load: the server is live, not ready, and says why.
+    assert_eq!(r.get("/v2/health/ready").await.0, 503);
+    let (code, health) = r.get("/health").await;
+    assert_eq!(code, 503);
+    let broken = health["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "broken")
+        .unwrap();
+    assert_eq!(broken["state"], "failed");
+    assert!(
+        broken["error"].as_str().unwrap().contains("model.onnx"),
+        "{broken}"
+    );
+    assert_eq!(r.get("/v2/models/mlp/ready").await.0, 200);
+    assert_eq!(r.get("/v2/models/broken/ready").await.0, 503);
+
+    let (code, meta) = r.get("/v2/models/mlp").await;
+    assert_eq!(code, 200);
+    assert_eq!(meta["name"], "mlp");
+    assert_eq!(meta["inputs"][0]["name"], "x");
+    assert_eq!(meta["inputs"][0]["datatype"], "FP32");
+    assert_eq!(meta["outputs"][0]["name"], "y");
+
+    let (code, resp, headers) = r.infer("mlp", request(2)).await;
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(resp["model_name"], "mlp");
+    assert_eq!(resp["id"], "r1");
+    assert_eq!(resp["outputs"][0]["shape"], serde_json::json!([2, 3]));
+    let got: Vec<f32> = resp["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let x: Vec<f32> = (0..8).map(|i| i as f32 / 10.0 - 0.5).collect();
+    let want: Vec<f32> = [expected(&x[..4]), expected(&x[4..])].concat();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-5, "{got:?} != {want:?}");
+    }
+    let node = r.server.node.unwrap().to_string();
+    assert_eq!(resp["parameters"]["served_by"], node.as_str());
+    assert_eq!(headers["basalt-served-by"], node.as_str());
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_4xx_and_the_server_stays_up() {
+    let limits = Limits {
+        max_request_bytes: 4096,
+        ..Limits::default()
+    };
+    let r = start(limits, 1).await;
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("{not json".into(), 400, ""),
+        (
+            serde_json::json!({"inputs":[{"name":"x","shape":[1,5],"datatype":"FP32","data":[1,2,3,4,5]}]}).to_string(),
+            400,
+            "x",
+        ),
+        (
+            serde_json::json!({"inputs":[{"name":"x","shape":[1,4],"datatype":"INT64","data":[1,2,3,4]}]}).to_string(),
+            400,
+            "x",
+        ),
+        (
+            serde_json::json!({"inputs":[{"name":"x","shape":[1000000000000u64,4],"datatype":"FP32","data":[1]}]}).to_string(),
+            400,
+            "x",
+        ),
+        (
+            serde_json::json!({"inputs":[{"name":"z","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}).to_string(),
+            400,
+            "z",
+        ),
+        (format!("{{\"inputs\":[{{\"name\":\"x\",\"shape\":[1,4],\"datatype\":\"FP32\",\"data\":[{}1]}}]}}", "1,".repeat(3000)), 413, "limit"),
+    ];
+    for (body, want, names) in cases {
+        let (code, resp, _) = r.infer("mlp", body.clone()).await;
+        assert_eq!(code, want, "{body:.80}: {resp}");
+        let msg = resp["error"].as_str().unwrap_or_default();
+        assert!(!msg.is_empty(), "{body:.80}: no error message");
+        assert!(
+            msg.contains(names),
+            "{body:.80}: {msg:?} should name {names:?}"
+        );
+    }
+    let (code, resp, _) = r.infer("nope", request(1)).await;
+    assert_eq!(code, 404);
+    assert!(resp["error"].as_str().unwrap().contains("nope"));
+    let (code, resp, _) = r.infer("broken", request(1)).await;
+    assert_eq!(code, 503, "{resp}");
+    assert_eq!(r.get("/v2/models/nope").await.0, 404);
+    assert_eq!(r.get("/no/such/path").await.0, 404);
+    // Still serving.
+    assert_eq!(r.infer("mlp", request(1)).await.0, 200);
+    let text = r
+        .client
+        .get(format!("{}/metrics", r.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("basalt_inference_requests_total{model=\"mlp\",code=\"400\"} 5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("basalt_inference_requests_total{model=\"_unknown\",code=\"404\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_is_429_and_a_slow_answer_504() {
+    let limits = Limits {
+        threads: 1,
+        queue_capacity: 1,
+        timeout: Duration::from_millis(1500),
+        ..Limits::default()
+    };
+    let r = start(limits, 1).await;
+    // Every worker busy: requests wait in the queue.
+    let hold = r
+        .server
+        .workers
+        .clone()
+        .acquire_many_owned(1)
+        .await
+        .unwrap();
+    let a = tokio::spawn({
+        let (c, b) = (reqwest::Client::new(), r.base.clone());
+        async move {
+            c.post(format!("{b}/v2/models/mlp/infer"))
+                .body(request(1))
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    let b = tokio::spawn({
+        let (c, b) = (reqwest::Client::new(), r.base.clone());
+        async move {
+            c.post(format!("{b}/v2/models/mlp/infer"))
+                .body(request(1))
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    // Wait until both are queued.
+    for _ in 0..100 {
+        if r.server.in_flight() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(r.server.in_flight(), 2);
+    let (code, resp, headers) = r.infer("mlp", request(1)).await;
+    assert_eq!(code, 429, "{resp}");
+    assert_eq!(headers["retry-after"], "1");
+    // The two queued ones time out, since no worker is free.
+    assert_eq!(a.await.unwrap().status().as_u16(), 504);
+    assert_eq!(b.await.unwrap().status().as_u16(), 504);
+    drop(hold);
+    assert_eq!(r.infer("mlp", request(1)).await.0, 200);
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
+    let limits = Limits {
+        threads: 1,
+        batch_window: Duration::from_millis(50),
+        ..Limits::default()
+    };
+    let r = start(limits, 8).await;
+    let hold = r
+        .server
+        .workers
+        .clone()
+        .acquire_many_owned(1)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let (c, b) = (reqwest::Client::new(), r.base.clone());
+        tasks.push(tokio::spawn(async move {
+            let x: Vec<f32> = (0..4).map(|k| (i * 4 + k) as f32 / 7.0).collect();
+            let body = serde_json::json!({"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":x}]});
+            let resp: serde_json::Value = c
+                .post(format!("{b}/v2/models/mlp/infer"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (x, resp)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(hold);
+    for t in tasks {
+        let (x, resp) = t.await.unwrap();
+        let got: Vec<f32> = resp["outputs"][0]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let want = expected(&x);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5, "{got:?} != {want:?}");
+        }
+    }
+    let text = r
+        .client
+        .get(format!("{}/metrics", r.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count_line = text
+        .lines()
+        .find(|l| l.starts_with("basalt_inference_batch_size_count{model=\"mlp\"}"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let batches: u64 = count_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(batches < 6, "6 requests ran in {batches} batches: {text}");
+}
+
+#[tokio::test]
+async fn every_request_leaves_a_signed_record_without_its_data() {
+    let r = start(Limits::default(), 1).await;
+    let body = request(1);
+    assert_eq!(r.infer("mlp", body.clone()).await.0, 200);
+    assert_eq!(r.infer("mlp", "{bad").await.0, 400);
+    let dir = r.dirs.path().join("metering");
+    let mut text = String::new();
+    for _ in 0..100 {
+        let mut out = Vec::new();
+        basalt_agent::metering::export(&dir, 0, &mut out).unwrap();
+        text = String::from_utf8(out).unwrap();
+        if text.lines().count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report = verify_log(&text);
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.valid, 2, "{text}");
+    let first = basalt_formats::metering::verify_line(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first.model, "mlp");
+    assert_eq!(first.model_version.as_deref(), Some("3"));
+    assert_eq!(first.status, 200);
+    assert_eq!(first.client, "local");
+    assert_eq!(first.bytes_in, body.len() as u64);
+    assert!(first.bytes_out > 0);
+    use sha2::Digest;
+    assert_eq!(
+        first.input_sha256,
+        hex::encode(sha2::Sha256::digest(body.as_bytes()))
+    );
+    // The input's values are nowhere in the log.
+    assert!(!text.contains("-0.5"), "{text}");
+}
