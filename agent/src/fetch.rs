@@ -500,4 +500,4 @@ impl Read for Download {
 pub(crate) mod test_server;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
