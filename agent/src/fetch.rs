@@ -239,7 +239,7 @@ impl Fetcher {
     /// A small body (a channel document, a cloud-config), whole, at most `limit` bytes.
     pub fn get_bytes(&self, url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
         let mut download = self.open(url)?;
-        if download.len().is_some_and(|n| n > limit) {
+        if download.total_len().is_some_and(|n| n > limit) {
             return Err(FetchError::TooLarge {
                 url: url.to_string(),
                 limit,
@@ -335,7 +335,7 @@ impl Download {
     }
 
     /// The body's length, when the server gave one.
-    pub fn len(&self) -> Option<u64> {
+    pub fn total_len(&self) -> Option<u64> {
         self.total
     }
 
