@@ -259,18 +259,38 @@ fn mesh_show(state_dir: &Path, json: bool, peers: bool) -> anyhow::Result<()> {
 enum UpdateCommand {
     /// Verify a bundle's signatures and say whether it would install here. Writes nothing.
     ///
-    /// Example: basalt-agent update check /media/usb/basalt-appliance-0.2.0.basalt
+    /// Reads only the head of the bundle (manifest and signatures).
+    ///
+    /// Example: basalt-agent update check https://updates.example/stable/appliance-0.2.0.basalt
     Check {
-        /// Bundle file or block device, or - for standard input.
-        bundle: PathBuf,
+        /// Bundle: a file or block device, an http:// or https:// URL, or - for standard input.
+        source: String,
         #[arg(long)]
         json: bool,
     },
     /// Write the inactive slot from a bundle, verifying it while it streams.
     ///
-    /// Example: curl -s https://updates.example/x.basalt | basalt-agent update stage -
+    /// A download from a URL that drops is resumed where it stopped.
+    ///
+    /// Example: basalt-agent update stage https://updates.example/stable/appliance-0.2.0.basalt
     Stage {
-        bundle: PathBuf,
+        /// Bundle: a file or block device, an http:// or https:// URL, or - for standard input.
+        source: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read the update channel now; take a newer version: stage, apply and reboot.
+    ///
+    /// The channel is basalt.update.channel from cloud-config unless given.
+    ///
+    /// Example: basalt-agent update poll --no-apply --json
+    Poll {
+        /// Stage the new version, but do not arm the boot loader or reboot.
+        #[arg(long)]
+        no_apply: bool,
+        /// The channel's base URL [default: basalt.update.channel].
+        #[arg(long, value_name = "URL")]
+        channel: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -511,7 +531,7 @@ fn run_metering_verify(file: &Path, json: bool) -> ExitCode {
 fn run_infer(model: &str, input: &Path, url: &str, json: bool) -> anyhow::Result<()> {
     use anyhow::Context;
     let mut body = Vec::new();
-    std::io::Read::read_to_end(&mut open_source(input)?, &mut body)
+    std::io::Read::read_to_end(&mut open_source(&input.to_string_lossy())?, &mut body)
         .with_context(|| input.display().to_string())?;
     let endpoint = format!("{}/v2/models/{model}/infer", url.trim_end_matches('/'));
     let started = std::time::Instant::now();
@@ -579,13 +599,20 @@ fn print(json: bool, value: &impl serde::Serialize, human: String) {
     }
 }
 
-fn open_source(path: &Path) -> anyhow::Result<Box<dyn std::io::Read>> {
+fn open_source(source: &str) -> anyhow::Result<Box<dyn std::io::Read>> {
     use anyhow::Context;
-    if path == Path::new("-") {
+    if source == "-" {
         return Ok(Box::new(std::io::stdin().lock()));
     }
-    let f =
-        std::fs::File::open(path).with_context(|| format!("opening bundle {}", path.display()))?;
+    if source.starts_with("http://") || source.starts_with("https://") {
+        let fetcher = crate::fetch::Fetcher::new(crate::fetch::FetchOptions::default())?;
+        let download = fetcher.open(source)?;
+        return Ok(Box::new(std::io::BufReader::with_capacity(
+            1 << 20,
+            download,
+        )));
+    }
+    let f = std::fs::File::open(source).with_context(|| format!("opening bundle {source}"))?;
     Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, f)))
 }
 
@@ -601,12 +628,12 @@ fn run_update(cmd: UpdateCommand) -> anyhow::Result<()> {
         )
     };
     match cmd {
-        UpdateCommand::Check { bundle, json } => {
-            let r = update::check_bundle(open_source(&bundle)?, &device).map_err(fail)?;
+        UpdateCommand::Check { source, json } => {
+            let r = update::check_bundle(open_source(&source)?, &device).map_err(fail)?;
             print(json, &r, r.decision.clone());
         }
-        UpdateCommand::Stage { bundle, json } => {
-            let r = update::stage(open_source(&bundle)?, &device).map_err(fail)?;
+        UpdateCommand::Stage { source, json } => {
+            let r = update::stage(open_source(&source)?, &device).map_err(fail)?;
             print(
                 json,
                 &r,
@@ -624,11 +651,41 @@ fn run_update(cmd: UpdateCommand) -> anyhow::Result<()> {
                 format!("slot {slot} armed with {} tries", update::TRIES),
             );
             if reboot {
-                let status = std::process::Command::new("systemctl")
-                    .arg("reboot")
-                    .status()?;
-                anyhow::ensure!(status.success(), "systemctl reboot: {status}");
+                update::reboot().map_err(anyhow::Error::msg)?;
             }
+        }
+        UpdateCommand::Poll {
+            no_apply,
+            channel,
+            json,
+        } => {
+            use crate::update::poll;
+            let channel: basalt_formats::cloud_config::HttpUrl = match channel {
+                Some(c) => c.parse().map_err(|e: basalt_formats::cloud_config::ValueError| {
+                    anyhow::anyhow!("--channel: {}", e.0)
+                })?,
+                None => crate::provision::current_config(Path::new(crate::provision::STATE_DIR))
+                    .and_then(|c| c.basalt)
+                    .and_then(|b| b.update)
+                    .map(|u| u.channel)
+                    .context("no update channel: set basalt.update.channel in cloud-config, or give --channel")?,
+            };
+            let fetcher = crate::fetch::Fetcher::new(crate::fetch::FetchOptions::default())?;
+            let mode = if no_apply {
+                poll::Mode::StageOnly
+            } else {
+                poll::Mode::Apply
+            };
+            let record = poll::poll(&device, &channel, &fetcher, mode, &mut update::reboot)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{e} [{}]",
+                        serde_json::to_string(&e.disposition())
+                            .unwrap_or_default()
+                            .trim_matches('"')
+                    )
+                })?;
+            print(json, &record, record.detail.clone());
         }
         UpdateCommand::Status { json } => {
             let r = update::status(&device).map_err(fail)?;
@@ -640,6 +697,18 @@ fn run_update(cmd: UpdateCommand) -> anyhow::Result<()> {
                 human += &format!(
                     "failed update: {} in slot {} rolled back\n",
                     f.version, f.slot
+                );
+            }
+            if let Some(p) = &r.poll {
+                human += &format!(
+                    "last poll of {} at {} (UNIX time): {}{}\n",
+                    p.channel,
+                    p.at,
+                    p.detail,
+                    p.error
+                        .as_ref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
                 );
             }
             print(json, &r, human.trim_end().to_string());

@@ -4,6 +4,7 @@
 //! | --- | --- |
 //! | [`initrd`] | PID 1 of the initrd: modules, partitions, mounts, `switch_root` |
 //! | [`disk`] | finding basalt's partitions on the block devices, growing the data partition |
+//! | [`fetch`] | HTTP(S) downloads with timeouts and resume (`Range`), for bundles, the update channel and cloud-config URLs |
 //! | [`provision`] | cloud-config: sources, merge, apply once or every boot |
 //! | [`service`] | `basalt-agent run`, the systemd service |
 //! | [`identity`] | the node's Ed25519 key, made on first use |
@@ -15,6 +16,7 @@
 
 pub mod cli;
 pub mod disk;
+pub mod fetch;
 pub mod identity;
 pub mod initrd;
 pub mod kmsg;

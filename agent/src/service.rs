@@ -140,16 +140,89 @@ fn start_inference(
     }
 }
 
+/// Polls the update channel for as long as the service runs: the first
+/// poll a few minutes after start, then every `poll_interval` ±10 %. A newer
+/// version is checked, staged, applied and rebooted into (see
+/// [`crate::update::poll`]).
+fn start_update_poller(update: basalt_formats::cloud_config::Update) {
+    use crate::update::poll;
+    let spawned = std::thread::Builder::new()
+        .name("update-poll".into())
+        .spawn(move || {
+            let interval = Duration::from_secs(update.poll_interval);
+            let fetcher = match crate::fetch::Fetcher::new(crate::fetch::FetchOptions::default()) {
+                Ok(f) => f,
+                Err(e) => return log::error!("automatic updates: {e}"),
+            };
+            let mut wait = poll::first_delay(interval, rand::random());
+            info!(
+                "automatic updates: polling {} every {} s (±10 %), first in {} s",
+                update.channel,
+                update.poll_interval,
+                wait.as_secs()
+            );
+            loop {
+                std::thread::sleep(wait);
+                match crate::update::Device::open() {
+                    // The outcome is logged and kept in poll.json.
+                    Ok(device) => {
+                        let _ = poll::poll(
+                            &device,
+                            &update.channel,
+                            &fetcher,
+                            poll::Mode::Apply,
+                            &mut crate::update::reboot,
+                        );
+                    }
+                    Err(e) => log::error!("update poll: {e}"),
+                }
+                wait = poll::jittered(interval, rand::random());
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("automatic updates: starting their thread: {e}");
+    }
+}
+
+/// Runs `f` while telling systemd the service is alive and still starting
+/// (a cloud-config URL may take up to a minute while the network comes up).
+fn keep_alive_while<T>(f: impl FnOnce() -> T) -> T {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut ticks = 0u32;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                ticks += 1;
+                if ticks % 25 == 0 {
+                    let _ = sd_notify::notify(
+                        false,
+                        &[
+                            sd_notify::NotifyState::Watchdog,
+                            sd_notify::NotifyState::ExtendTimeoutUsec(30_000_000),
+                        ],
+                    );
+                }
+            }
+        });
+        let out = f();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        out
+    })
+}
+
 pub fn run() -> anyhow::Result<()> {
     // Provisioning never fails the service: problems are in its status.
-    let (found, read_errors) =
-        crate::provision::sources::read_all(&crate::provision::sources::Paths::default());
-    let prov = crate::provision::provision(
-        found,
-        read_errors,
-        Path::new(crate::provision::STATE_DIR),
-        &mut crate::provision::host::System::default(),
-    );
+    let prov = keep_alive_while(|| {
+        let (found, read_errors) =
+            crate::provision::sources::read_all(&crate::provision::sources::Paths::default());
+        crate::provision::provision(
+            found,
+            read_errors,
+            Path::new(crate::provision::STATE_DIR),
+            &mut crate::provision::host::System::default(),
+        )
+    });
     if !prov.errors.is_empty() {
         let _ = sd_notify::notify(
             false,
@@ -224,6 +297,13 @@ pub fn run() -> anyhow::Result<()> {
     match crate::update::Device::open() {
         Ok(device) => crate::update::reconcile_on_boot(&device),
         Err(e) => warn!("update state not checked: {e}"),
+    }
+    // Automatic updates, when cloud-config names a channel.
+    if let Some(u) = crate::provision::current_config(Path::new(crate::provision::STATE_DIR))
+        .and_then(|c| c.basalt)
+        .and_then(|b| b.update)
+    {
+        start_update_poller(u);
     }
     let st = status::collect(Path::new("/"));
     for e in &st.errors {

@@ -10,6 +10,7 @@
 pub mod board;
 pub mod boot;
 pub mod bundle;
+pub mod channel;
 pub mod cloud_config;
 pub mod cmdline;
 pub mod entry;

@@ -3,7 +3,9 @@
 //! 1. Read every source, in the documented order: the image's default
 //!    (`/usr/lib/basalt/cloud-config.yaml`), `user-data` on the boot FAT
 //!    partition, a NoCloud `CIDATA` volume (`user-data`, `meta-data`), the
-//!    kernel command line (`basalt.cloud-config=`).
+//!    kernel command line (`basalt.cloud-config=`), and the document at the
+//!    URL the command line names (`basalt.cloud-config-url=`), fetched with
+//!    retries for up to a minute while the network comes up.
 //! 2. If every source parses and validates, merge them; otherwise keep the
 //!    last good set, and report the error (source, line, field) in the
 //!    journal and in `basalt-agent status`. A bad config never stops a boot.
@@ -336,6 +338,7 @@ impl sources::Kind {
             sources::Kind::BootPartition => SourceKind::BootPartition,
             sources::Kind::NoCloudUserData | sources::Kind::MetaData => SourceKind::NoCloud,
             sources::Kind::KernelCmdline => SourceKind::KernelCmdline,
+            sources::Kind::Url => SourceKind::Url,
         }
     }
 }

@@ -4,6 +4,7 @@ use log::info;
 use nix::mount::{mount, umount, MsFlags};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where a document came from. The order of the variants is the order of precedence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,6 +15,8 @@ pub enum Kind {
     MetaData,
     NoCloudUserData,
     KernelCmdline,
+    /// Fetched from the URL the kernel command line names (`basalt.cloud-config-url=`).
+    Url,
 }
 
 /// One document as read, before parsing.
@@ -36,7 +39,14 @@ pub struct Paths {
     /// Where a NoCloud volume is mounted read-only while it is read.
     pub cidata_mount: PathBuf,
     pub cmdline: PathBuf,
+    /// Timeouts and retries of a cloud-config URL.
+    pub fetch: crate::fetch::FetchOptions,
+    /// How long a cloud-config URL is tried while the network comes up.
+    pub url_patience: Duration,
 }
+
+/// The largest cloud-config fetched from a URL.
+pub const MAX_URL_DOCUMENT_BYTES: u64 = 32 << 20;
 
 impl Default for Paths {
     fn default() -> Self {
@@ -49,6 +59,14 @@ impl Default for Paths {
             ],
             cidata_mount: PathBuf::from("/run/basalt/cidata"),
             cmdline: PathBuf::from("/proc/cmdline"),
+            fetch: crate::fetch::FetchOptions {
+                connect_timeout: Duration::from_secs(10),
+                read_timeout: Duration::from_secs(20),
+                attempts: 1,
+                backoff: Duration::from_secs(2),
+                max_backoff: Duration::from_secs(10),
+            },
+            url_patience: Duration::from_secs(60),
         }
     }
 }
@@ -121,9 +139,16 @@ pub fn read_all(paths: &Paths) -> (Vec<SourceText>, Vec<String>) {
                     });
                 }
                 if let Some(url) = k.url {
-                    errors.push(format!(
-                        "kernel command line: basalt.cloud-config-url={url}: fetching a configuration over HTTP is not supported by this agent version"
-                    ));
+                    match fetch_url(url.as_str(), paths) {
+                        Ok(text) => found.push(SourceText {
+                            kind: Kind::Url,
+                            name: url.to_string(),
+                            text,
+                        }),
+                        Err(e) => errors.push(format!(
+                            "cloud-config URL (basalt.cloud-config-url on the kernel command line): {e}"
+                        )),
+                    }
                 }
             }
             Err(e) => errors.push(e.to_string()),
@@ -143,6 +168,22 @@ pub fn read_all(paths: &Paths) -> (Vec<SourceText>, Vec<String>) {
         }
     );
     (found, errors)
+}
+
+/// Fetches a cloud-config document, asking again for up to
+/// [`Paths::url_patience`] while the network is not up.
+fn fetch_url(url: &str, paths: &Paths) -> Result<String, String> {
+    let fetcher = crate::fetch::Fetcher::new(paths.fetch.clone()).map_err(|e| e.to_string())?;
+    let bytes = fetcher
+        .get_bytes_patiently(url, MAX_URL_DOCUMENT_BYTES, paths.url_patience)
+        .map_err(|e| e.to_string())?;
+    info!("cloud-config: fetched {} bytes from {url}", bytes.len());
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "{url}: not UTF-8 text (at byte {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 fn mount_cidata(dev: &Path, at: &Path) -> Result<(), String> {

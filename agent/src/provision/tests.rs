@@ -202,3 +202,109 @@ fn a_bad_config_on_first_boot_applies_what_is_valid_and_boots() {
     );
     assert_eq!(h.calls, ["hostname factory"]);
 }
+
+fn url_paths(dir: &Path, cmdline: &str) -> sources::Paths {
+    std::fs::write(dir.join("cmdline"), cmdline).unwrap();
+    std::fs::write(
+        dir.join("image-default.yaml"),
+        "#cloud-config\nhostname: factory\ntimezone: UTC\n",
+    )
+    .unwrap();
+    sources::Paths {
+        image_default: dir.join("image-default.yaml"),
+        boot_partition: dir.join("no-boot-partition"),
+        cidata_devices: vec![],
+        cidata_mount: dir.join("cidata"),
+        cmdline: dir.join("cmdline"),
+        fetch: crate::fetch::tests::quick(),
+        url_patience: std::time::Duration::from_secs(3),
+    }
+}
+
+#[test]
+fn a_config_url_on_the_command_line_is_fetched_and_merged_last() {
+    use crate::fetch::test_server::{Behaviour, TestServer};
+    let server = TestServer::start();
+    // The network comes up after a few tries.
+    server.route(
+        "/edge-7.yaml",
+        "#cloud-config\nhostname: from-url\n",
+        Behaviour::FailFirst(2),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/edge-7.yaml");
+    let paths = url_paths(
+        dir.path(),
+        &format!("quiet basalt.cloud-config-url={url}\n"),
+    );
+    let (found, errors) = sources::read_all(&paths);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(found.len(), 2);
+    assert_eq!(
+        (found[1].kind, found[1].name.as_str()),
+        (sources::Kind::Url, url.as_str())
+    );
+    let mut h = Fake::default();
+    let st = provision(found, errors, &dir.path().join("state"), &mut h);
+    assert!(st.config_current && st.errors.is_empty(), "{st:?}");
+    assert_eq!(h.calls[..2], ["hostname from-url", "timezone UTC"]);
+    assert!(st
+        .provenance
+        .contains(&("hostname".into(), vec![format!("{url} (url)")])));
+    assert_eq!(st.sources[1].kind, "url");
+}
+
+#[test]
+fn an_unreachable_or_bad_config_url_is_one_error_and_the_rest_applies() {
+    use crate::fetch::test_server::{Behaviour, TestServer};
+    let server = TestServer::start();
+    server.route("/gone.yaml", "", Behaviour::Status(404));
+    server.route("/bad.yaml", "#cloud-config\nhostnme: x\n", Behaviour::Serve);
+    let dir = tempfile::tempdir().unwrap();
+
+    let url = server.url("/gone.yaml");
+    let paths = url_paths(dir.path(), &format!("basalt.cloud-config-url={url}"));
+    let (found, errors) = sources::read_all(&paths);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0],
+        format!("cloud-config URL (basalt.cloud-config-url on the kernel command line): {url}: the server answered HTTP 404 Not Found")
+    );
+    let mut h = Fake::default();
+    let st = provision(found, errors, &dir.path().join("state1"), &mut h);
+    assert_eq!(st.errors.len(), 1);
+    assert!(!st.config_current);
+    assert_eq!(h.calls[..2], ["hostname factory", "timezone UTC"]);
+
+    // Nothing listens: connection refused until the patience runs out.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/x.yaml");
+    let paths = url_paths(dir.path(), &format!("basalt.cloud-config-url={url}"));
+    let started = std::time::Instant::now();
+    let (found, errors) = sources::read_all(&paths);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!((found.len(), errors.len()), (1, 1), "{errors:?}");
+    assert!(
+        errors[0].contains(&format!("{url}: cannot connect")),
+        "{errors:?}"
+    );
+
+    // Content that is not a valid cloud-config: the error names the URL and the field.
+    let url = server.url("/bad.yaml");
+    let paths = url_paths(dir.path(), &format!("basalt.cloud-config-url={url}"));
+    let (found, errors) = sources::read_all(&paths);
+    assert!(errors.is_empty());
+    let mut h = Fake::default();
+    let st = provision(found, errors, &dir.path().join("state2"), &mut h);
+    assert_eq!(st.errors.len(), 1, "{:?}", st.errors);
+    assert!(
+        st.errors[0].starts_with(&format!("{url}:2:1: unknown field `hostnme`")),
+        "{:?}",
+        st.errors
+    );
+    assert_eq!(h.calls[..2], ["hostname factory", "timezone UTC"]);
+}

@@ -15,9 +15,16 @@
 //!   entry permanent only if it passed. A failing trial reboots; after three
 //!   tries systemd-boot starts the old slot, and [`on_boot`] records which
 //!   version failed.
+//! - [`poll`] reads the update channel and does all of the above on its own
+//!   when cloud-config sets `basalt.update`.
+//!
+//! A bundle source is a file, standard input, or an `http(s)://` URL read
+//! through [`crate::fetch`], which resumes dropped downloads; the stream
+//! reader verifies and hashes the same way whatever the source.
 
 pub mod esp;
 pub mod health;
+pub mod poll;
 pub mod state;
 
 use basalt_formats::boot::{BootInfo, BOOT_INFO_PATH};
@@ -39,7 +46,7 @@ use std::path::{Path, PathBuf};
 pub const TRIES: u32 = 3;
 
 /// What to do about a failed update step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Disposition {
     /// A passing fault (a dropped download): the same bundle may succeed later.
@@ -430,6 +437,8 @@ pub struct StatusReport {
     pub running_version: String,
     pub entries: Vec<EntryReport>,
     pub state: UpdateState,
+    /// The last poll of the update channel, if any.
+    pub poll: Option<poll::PollRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -456,7 +465,30 @@ pub fn status(device: &Device) -> Result<StatusReport, UpdateError> {
             })
             .collect(),
         state: UpdateState::load(&device.state_dir).map_err(io_err("update state"))?,
+        poll: poll::PollRecord::load(&device.state_dir),
     })
+}
+
+/// UNIX seconds now.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Reboots through systemd (`systemctl reboot`, which asks logind), so
+/// services stop in order and file systems are synced.
+pub fn reboot() -> Result<(), String> {
+    let status = std::process::Command::new("systemctl")
+        .arg("reboot")
+        .status()
+        .map_err(|e| format!("systemctl reboot: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("systemctl reboot: {status}"))
+    }
 }
 
 /// Reconciles the recorded state with where the boot loader went: the
@@ -522,10 +554,7 @@ pub fn reconcile_on_boot(device: &Device) {
             UpdateState::default()
         }
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = now();
     let (new, events) = on_boot(
         st.clone(),
         device.boot.slot,

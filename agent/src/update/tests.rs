@@ -7,7 +7,7 @@ use basalt_formats::entry::Counter;
 use basalt_formats::spec::RootfsType;
 use basalt_formats::{Arch, BoardId};
 
-fn entry(slot: Slot, counter: Option<(u32, u32)>) -> EntryName {
+pub(crate) fn entry(slot: Slot, counter: Option<(u32, u32)>) -> EntryName {
     EntryName {
         slot,
         counter: counter.map(|(left, done)| Counter { left, done }),
@@ -82,13 +82,13 @@ fn a_trial_out_of_tries_is_reported_as_rolled_back() {
     );
 }
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    device: Device,
-    key: SecretKey,
+pub(crate) struct Fixture {
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) device: Device,
+    pub(crate) key: SecretKey,
 }
 
-fn fixture() -> Fixture {
+pub(crate) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let esp = Esp {
         root: dir.path().join("esp"),
@@ -137,7 +137,12 @@ fn fixture() -> Fixture {
     }
 }
 
-fn bundle(key: &SecretKey, version: &str, rootfs: &[u8], corrupt_rootfs: bool) -> Vec<u8> {
+pub(crate) fn bundle(
+    key: &SecretKey,
+    version: &str,
+    rootfs: &[u8],
+    corrupt_rootfs: bool,
+) -> Vec<u8> {
     let parts: Vec<(PayloadName, Vec<u8>)> = vec![
         (PayloadName::Rootfs, rootfs.to_vec()),
         (PayloadName::Kernel, b"new kernel".to_vec()),
@@ -277,4 +282,74 @@ fn untrusted_signer_downgrade_and_truncation_are_refused_before_any_write() {
         UpdateState::load(&f.device.state_dir).unwrap(),
         UpdateState::default()
     );
+}
+
+#[test]
+fn staging_from_a_url_that_drops_gives_the_same_slot() {
+    use crate::fetch::test_server::{Behaviour, TestServer};
+    let f = fixture();
+    let rootfs: Vec<u8> = (0..400_000u32).map(|i| (i % 253) as u8).collect();
+    let server = TestServer::start();
+    server.route(
+        "/x.basalt",
+        bundle(&f.key, "0.2.0", &rootfs, false),
+        Behaviour::DropEvery(700),
+    );
+    let fetcher = crate::fetch::Fetcher::new(crate::fetch::tests::quick()).unwrap();
+    let report = stage(fetcher.open(&server.url("/x.basalt")).unwrap(), &f.device).unwrap();
+    assert_eq!(report.target_slot, Slot::B);
+    let slot_b = std::fs::read(&f.device.slot_devices[1].1).unwrap();
+    assert_eq!(&slot_b[..rootfs.len()], &rootfs[..]);
+    assert!(server.requests().len() > 2, "the download was resumed");
+    assert_eq!(
+        UpdateState::load(&f.device.state_dir).unwrap().get(Slot::B),
+        Some(&SlotRecord::Staged {
+            version: "0.2.0".into()
+        })
+    );
+}
+
+#[test]
+fn a_truncated_download_is_refused_and_the_running_slot_untouched() {
+    use crate::fetch::test_server::{Behaviour, TestServer};
+    let f = fixture();
+    let mut x = 3u32;
+    let rootfs: Vec<u8> = (0..300_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let full = bundle(&f.key, "0.2.0", &rootfs, false);
+    let server = TestServer::start();
+    // The server never sends past the middle of the root file system payload.
+    server.route(
+        "/x.basalt",
+        full.clone(),
+        Behaviour::CutAt(full.len() as u64 / 2),
+    );
+    let url = server.url("/x.basalt");
+    let fetcher = crate::fetch::Fetcher::new(crate::fetch::tests::quick()).unwrap();
+    let slot_a_before = std::fs::read(&f.device.slot_devices[0].1).unwrap();
+    let e = stage(fetcher.open(&url).unwrap(), &f.device).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains(&url) && msg.contains("gave up after"), "{msg}");
+    assert_eq!(e.disposition(), Disposition::Retry, "{msg}");
+    assert_eq!(
+        std::fs::read(&f.device.slot_devices[0].1).unwrap(),
+        slot_a_before,
+        "slot A was written"
+    );
+    assert_eq!(f.device.esp.entries().unwrap(), vec![entry(Slot::A, None)]);
+    let st = UpdateState::load(&f.device.state_dir).unwrap();
+    assert!(
+        matches!(st.get(Slot::B), Some(SlotRecord::Bad { .. })),
+        "{st:?}"
+    );
+    assert!(matches!(
+        apply(&f.device),
+        Err(UpdateError::NotStaged { .. })
+    ));
 }
