@@ -3,5 +3,6 @@
 
 mod boot;
 mod build;
+mod infer;
 mod provision;
 mod update;
