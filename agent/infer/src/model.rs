@@ -9,6 +9,7 @@ use tract_onnx::prelude::{
 };
 
 use tract_hir::internal::{Factoid, IntoRunnable};
+use tract_onnx::pb;
 
 use crate::tensor::{datatype, datum_type, from_tensor, to_tensor};
 use crate::v2::{self, Datatype};
@@ -115,21 +116,28 @@ impl Model {
             source,
         })?;
         let sha256: [u8; 32] = Sha256::digest(&bytes).into();
-        let source = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
-            .map_err(|e| LoadError::Parse {
-                path: path.to_owned(),
-                message: format!("{e:#}"),
-            })?;
+        let onnx = tract_onnx::onnx();
+        let parse_err = |e: tract_onnx::prelude::TractError| LoadError::Parse {
+            path: path.to_owned(),
+            message: format!("{e:#}"),
+        };
+        let proto = onnx
+            .proto_model_for_read(&mut &bytes[..])
+            .map_err(parse_err)?;
         drop(bytes);
+        let source = onnx.model_for_proto_model(&proto).map_err(parse_err)?;
+        // tract does not use the declared output types and shapes (it infers
+        // them), so the interface takes them from the file itself.
+        let declared_outputs: Vec<(Option<Datatype>, Option<Vec<i64>>)> = proto
+            .graph
+            .as_ref()
+            .map(|g| g.output.iter().map(declared_proto).collect())
+            .unwrap_or_default();
+        drop(proto);
         let unsupported = |tensor: &str, message: String| LoadError::Unsupported {
             path: path.to_owned(),
             tensor: tensor.to_owned(),
             message,
-        };
-        let parse_err = |e: tract_onnx::prelude::TractError| LoadError::Parse {
-            path: path.to_owned(),
-            message: format!("{e:#}"),
         };
 
         let mut inputs = Vec::new();
@@ -218,7 +226,7 @@ impl Model {
                 .outlet_label(*outlet)
                 .unwrap_or(&model.source.node(outlet.node).name)
                 .to_owned();
-            let (mut dt, mut shape) = declared(model.source.output_fact(i).map_err(parse_err)?);
+            let (mut dt, mut shape) = declared_outputs.get(i).cloned().unwrap_or_default();
             if let Some(plan) = &first {
                 let fact = plan.model().output_fact(i).map_err(parse_err)?;
                 dt = dt.or_else(|| datatype(fact.datum_type));
@@ -641,6 +649,43 @@ fn declared(fact: &InferenceFact) -> (Option<Datatype>, Option<Vec<i64>>) {
             .dims()
             .map(|d| match d.concretize() {
                 Some(TDim::Val(n)) if n >= 0 => n,
+                _ => -1,
+            })
+            .collect()
+    });
+    (dt, shape)
+}
+
+/// The datatype and shape an ONNX graph output declares, as far as it does;
+/// unknown dimensions are `-1`.
+fn declared_proto(info: &pb::ValueInfoProto) -> (Option<Datatype>, Option<Vec<i64>>) {
+    let Some(pb::type_proto::Value::TensorType(t)) =
+        info.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
+        return (None, None);
+    };
+    // ONNX TensorProto.DataType numbers.
+    let dt = match t.elem_type {
+        1 => Some(Datatype::FP32),
+        2 => Some(Datatype::UINT8),
+        3 => Some(Datatype::INT8),
+        4 => Some(Datatype::UINT16),
+        5 => Some(Datatype::INT16),
+        6 => Some(Datatype::INT32),
+        7 => Some(Datatype::INT64),
+        8 => Some(Datatype::BYTES),
+        9 => Some(Datatype::BOOL),
+        10 => Some(Datatype::FP16),
+        11 => Some(Datatype::FP64),
+        12 => Some(Datatype::UINT32),
+        13 => Some(Datatype::UINT64),
+        _ => None,
+    };
+    let shape = t.shape.as_ref().map(|s| {
+        s.dim
+            .iter()
+            .map(|d| match d.value {
+                Some(pb::tensor_shape_proto::dimension::Value::DimValue(n)) if n >= 0 => n,
                 _ => -1,
             })
             .collect()
