@@ -9,6 +9,7 @@ use tract_onnx::prelude::{
 };
 
 use tract_hir::internal::{Factoid, IntoRunnable};
+use tract_onnx::pb;
 
 use crate::tensor::{datatype, datum_type, from_tensor, to_tensor};
 use crate::v2::{self, Datatype};
@@ -115,21 +116,28 @@ impl Model {
             source,
         })?;
         let sha256: [u8; 32] = Sha256::digest(&bytes).into();
-        let source = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
-            .map_err(|e| LoadError::Parse {
-                path: path.to_owned(),
-                message: format!("{e:#}"),
-            })?;
+        let onnx = tract_onnx::onnx();
+        let parse_err = |e: tract_onnx::prelude::TractError| LoadError::Parse {
+            path: path.to_owned(),
+            message: format!("{e:#}"),
+        };
+        let proto = onnx
+            .proto_model_for_read(&mut &bytes[..])
+            .map_err(parse_err)?;
         drop(bytes);
+        let source = onnx.model_for_proto_model(&proto).map_err(parse_err)?;
+        // tract does not use the declared output types and shapes (it infers
+        // them), so the interface takes them from the file itself.
+        let declared_outputs: Vec<(Option<Datatype>, Option<Vec<i64>>)> = proto
+            .graph
+            .as_ref()
+            .map(|g| g.output.iter().map(declared_proto).collect())
+            .unwrap_or_default();
+        drop(proto);
         let unsupported = |tensor: &str, message: String| LoadError::Unsupported {
             path: path.to_owned(),
             tensor: tensor.to_owned(),
             message,
-        };
-        let parse_err = |e: tract_onnx::prelude::TractError| LoadError::Parse {
-            path: path.to_owned(),
-            message: format!("{e:#}"),
         };
 
         let mut inputs = Vec::new();
@@ -218,7 +226,7 @@ impl Model {
                 .outlet_label(*outlet)
                 .unwrap_or(&model.source.node(outlet.node).name)
                 .to_owned();
-            let (mut dt, mut shape) = declared(model.source.output_fact(i).map_err(parse_err)?);
+            let (mut dt, mut shape) = declared_outputs.get(i).cloned().unwrap_or_default();
             if let Some(plan) = &first {
                 let fact = plan.model().output_fact(i).map_err(parse_err)?;
                 dt = dt.or_else(|| datatype(fact.datum_type));
@@ -648,6 +656,43 @@ fn declared(fact: &InferenceFact) -> (Option<Datatype>, Option<Vec<i64>>) {
     (dt, shape)
 }
 
+/// The datatype and shape an ONNX graph output declares, as far as it does;
+/// unknown dimensions are `-1`.
+fn declared_proto(info: &pb::ValueInfoProto) -> (Option<Datatype>, Option<Vec<i64>>) {
+    let Some(pb::type_proto::Value::TensorType(t)) =
+        info.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
+        return (None, None);
+    };
+    // ONNX TensorProto.DataType numbers.
+    let dt = match t.elem_type {
+        1 => Some(Datatype::FP32),
+        2 => Some(Datatype::UINT8),
+        3 => Some(Datatype::INT8),
+        4 => Some(Datatype::UINT16),
+        5 => Some(Datatype::INT16),
+        6 => Some(Datatype::INT32),
+        7 => Some(Datatype::INT64),
+        8 => Some(Datatype::BYTES),
+        9 => Some(Datatype::BOOL),
+        10 => Some(Datatype::FP16),
+        11 => Some(Datatype::FP64),
+        12 => Some(Datatype::UINT32),
+        13 => Some(Datatype::UINT64),
+        _ => None,
+    };
+    let shape = t.shape.as_ref().map(|s| {
+        s.dim
+            .iter()
+            .map(|d| match d.value {
+                Some(pb::tensor_shape_proto::dimension::Value::DimValue(n)) if n >= 0 => n,
+                _ => -1,
+            })
+            .collect()
+    });
+    (dt, shape)
+}
+
 /// Fixes every input's type and shape, then types, optimises and plans.
 fn make_plan(source: &InferenceModel, inputs: &[TensorSpec], shapes: &Shapes) -> TractResult<Plan> {
     let mut model = source.clone();
@@ -666,5 +711,305 @@ mod send_sync {
     #[test]
     fn model_is_send_and_sync() {
         is_send_sync::<super::Model>();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v2::{parse_request, RequestLimits, TensorData};
+    use pb::tensor_shape_proto::{dimension, Dimension};
+    use prost::Message;
+
+    fn tensor_info(name: &str, elem_type: i32, dims: &[Option<i64>]) -> pb::ValueInfoProto {
+        pb::ValueInfoProto {
+            name: name.into(),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type,
+                    shape: Some(pb::TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|d| Dimension {
+                                value: Some(match d {
+                                    Some(n) => dimension::Value::DimValue(*n),
+                                    None => dimension::Value::DimParam("N".into()),
+                                }),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
+        pb::NodeProto {
+            op_type: op.into(),
+            name: output.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            ..Default::default()
+        }
+    }
+
+    /// `a` FP32 [N, 3] and `b` INT32 [N, 3] in; `double` = a + a and
+    /// `same` = b out.
+    fn small_model(dir: &Path) -> PathBuf {
+        let n = None;
+        let model = pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 13,
+            }],
+            graph: Some(pb::GraphProto {
+                name: "small".into(),
+                node: vec![
+                    node("Add", &["a", "a"], "double"),
+                    node("Identity", &["b"], "same"),
+                ],
+                input: vec![
+                    tensor_info("a", 1, &[n, Some(3)]),
+                    tensor_info("b", 6, &[n, Some(3)]),
+                ],
+                output: vec![
+                    tensor_info("double", 1, &[n, Some(3)]),
+                    tensor_info("same", 6, &[n, Some(3)]),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let path = dir.join("small.onnx");
+        std::fs::write(&path, model.encode_to_vec()).expect("write model");
+        path
+    }
+
+    fn load(batch_max: usize) -> (tempfile::TempDir, Model) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = small_model(dir.path());
+        let model = Model::load("small", "3", &path, &LoadOptions { batch_max })
+            .unwrap_or_else(|e| panic!("{e}"));
+        (dir, model)
+    }
+
+    fn req(body: &str) -> v2::InferRequest {
+        parse_request(body.as_bytes(), &RequestLimits::default()).expect("parses")
+    }
+
+    const GOOD: &str = r#"{"id": "r1", "inputs": [
+        {"name": "a", "shape": [1, 3], "datatype": "FP32", "data": [1, 2.5, -3]},
+        {"name": "b", "shape": [1, 3], "datatype": "INT32", "data": [[7, 8, 9]]}]}"#;
+
+    fn bad_input(model: &Model, body: &str) -> (String, String) {
+        match model.infer(&req(body)) {
+            Err(InferError::BadInput { input, message }) => (input, message),
+            other => panic!("expected BadInput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn describes_the_model() {
+        let (_dir, model) = load(4);
+        assert_eq!(model.batch_max(), 4);
+        assert_eq!(
+            model.inputs(),
+            [
+                TensorSpec {
+                    name: "a".into(),
+                    datatype: Datatype::FP32,
+                    shape: vec![-1, 3]
+                },
+                TensorSpec {
+                    name: "b".into(),
+                    datatype: Datatype::INT32,
+                    shape: vec![-1, 3]
+                },
+            ]
+        );
+        assert_eq!(model.outputs()[0].name, "double");
+        assert_eq!(model.outputs()[1].datatype, Datatype::INT32);
+        let meta = serde_json::to_string(&model.metadata()).expect("json");
+        assert_eq!(
+            meta,
+            r#"{"name":"small","versions":["3"],"platform":"onnx","inputs":[{"name":"a","datatype":"FP32","shape":[-1,3]},{"name":"b","datatype":"INT32","shape":[-1,3]}],"outputs":[{"name":"double","datatype":"FP32","shape":[-1,3]},{"name":"same","datatype":"INT32","shape":[-1,3]}]}"#
+        );
+        let bytes = std::fs::read(model.path()).expect("read");
+        assert_eq!(model.sha256(), <[u8; 32]>::from(Sha256::digest(bytes)));
+    }
+
+    #[test]
+    fn runs_and_answers_in_v2_json() {
+        let (_dir, model) = load(1);
+        let resp = model.infer(&req(GOOD)).expect("runs");
+        assert_eq!(
+            serde_json::to_string(&resp).expect("json"),
+            r#"{"model_name":"small","model_version":"3","id":"r1","outputs":[{"name":"double","shape":[1,3],"datatype":"FP32","data":[2.0,5.0,-6.0]},{"name":"same","shape":[1,3],"datatype":"INT32","data":[7,8,9]}]}"#
+        );
+    }
+
+    #[test]
+    fn selects_outputs_by_name() {
+        let (_dir, model) = load(1);
+        let body = GOOD.replace(r#""id": "r1","#, r#""outputs": [{"name": "same"}],"#);
+        let resp = model.infer(&req(&body)).expect("runs");
+        assert_eq!(resp.outputs.len(), 1);
+        assert_eq!(resp.outputs[0].data, TensorData::Int32(vec![7, 8, 9]));
+
+        let body = GOOD.replace(r#""id": "r1","#, r#""outputs": [{"name": "triple"}],"#);
+        let err = model.infer(&req(&body)).expect_err("unknown output");
+        assert_eq!(
+            err,
+            InferError::BadRequest(
+                r#"model "small" has no output "triple" (it gives ["double", "same"])"#.into()
+            )
+        );
+        assert_eq!(err.status(), 400);
+    }
+
+    #[test]
+    fn refuses_inputs_that_do_not_fit() {
+        let (_dir, model) = load(2);
+        let cases = [
+            (
+                GOOD.replace(r#""name": "b""#, r#""name": "c""#),
+                "c",
+                r#"model "small" has no such input (it takes ["a", "b"])"#,
+            ),
+            (
+                r#"{"inputs": [{"name": "a", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}"#.into(),
+                "b",
+                "missing",
+            ),
+            (
+                GOOD.replace(r#""INT32""#, r#""INT64""#),
+                "b",
+                "datatype INT64, the model takes INT32",
+            ),
+            (
+                GOOD.replace(r#""shape": [1, 3], "datatype": "INT32""#, r#""shape": [3, 1], "datatype": "INT32""#),
+                "b",
+                "shape [3, 1] does not fit the model's [-1, 3] (batch 1 to 2)",
+            ),
+            (
+                GOOD.replace("[1, 3], \"datatype\": \"FP32\", \"data\": [1, 2.5, -3]", "[3], \"datatype\": \"FP32\", \"data\": [1, 2.5, -3]"),
+                "a",
+                "shape [3] does not fit the model's [-1, 3] (batch 1 to 2)",
+            ),
+        ];
+        for (body, input, message) in cases {
+            assert_eq!(
+                bad_input(&model, &body),
+                (input.to_owned(), message.to_owned()),
+                "{body}"
+            );
+        }
+        // Batch 3 is more than batch_max 2.
+        let body = r#"{"inputs": [
+            {"name": "a", "shape": [3, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6, 7, 8, 9]},
+            {"name": "b", "shape": [3, 3], "datatype": "INT32", "data": [1, 2, 3, 4, 5, 6, 7, 8, 9]}]}"#;
+        assert_eq!(
+            bad_input(&model, body),
+            (
+                "a".into(),
+                "shape [3, 3] does not fit the model's [-1, 3] (batch 1 to 2)".into()
+            )
+        );
+        // Inputs with different batches.
+        let body = r#"{"inputs": [
+            {"name": "a", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]},
+            {"name": "b", "shape": [1, 3], "datatype": "INT32", "data": [1, 2, 3]}]}"#;
+        assert_eq!(
+            bad_input(&model, body),
+            ("b".into(), "batch 1, other inputs have batch 2".into())
+        );
+    }
+
+    #[test]
+    fn refuses_requests_built_inconsistent() {
+        let (_dir, model) = load(1);
+        let mut r = req(GOOD);
+        r.inputs[0].data = TensorData::Fp32(vec![1.0, 2.0]);
+        assert_eq!(
+            model.infer(&r),
+            Err(InferError::BadInput {
+                input: "a".into(),
+                message: "data holds 2 elements, shape [1, 3] needs 3".into()
+            })
+        );
+        let mut r = req(GOOD);
+        r.inputs[1].data = TensorData::Int64(vec![1, 2, 3]);
+        assert_eq!(
+            model.infer(&r),
+            Err(InferError::BadInput {
+                input: "b".into(),
+                message: "data of type INT64 for datatype INT32".into()
+            })
+        );
+        // A huge declared shape is refused by arithmetic, not by allocating.
+        let mut r = req(GOOD);
+        r.inputs[0].shape = vec![1, 1 << 40];
+        let err = model.infer(&r).expect_err("refused");
+        assert_eq!(err.status(), 400);
+    }
+
+    #[test]
+    fn batches_rows_and_keeps_errors_in_place() {
+        let (_dir, model) = load(4);
+        let one = |x: f32| {
+            req(&format!(
+                r#"{{"inputs": [
+                {{"name": "a", "shape": [1, 3], "datatype": "FP32", "data": [{x}, 0, 1]}},
+                {{"name": "b", "shape": [1, 3], "datatype": "INT32", "data": [1, 2, 3]}}]}}"#
+            ))
+        };
+        let bad = req(&GOOD.replace(r#""INT32""#, r#""INT8""#));
+        let reqs = [one(1.0), bad, one(2.0), one(3.0), one(4.0), one(5.0)];
+        let refs: Vec<&v2::InferRequest> = reqs.iter().collect();
+        let out = model.infer_batch(&refs);
+        assert!(matches!(&out[1], Err(InferError::BadInput { input, .. }) if input == "b"));
+        for (i, x) in [(0, 1.0f32), (2, 2.0), (3, 3.0), (4, 4.0), (5, 5.0)] {
+            let resp = out[i].as_ref().expect("runs");
+            assert_eq!(resp.outputs[0].shape, [1, 3]);
+            assert_eq!(
+                resp.outputs[0].data,
+                TensorData::Fp32(vec![2.0 * x, 0.0, 2.0])
+            );
+        }
+        // Batch 4 and batch 1 (the fifth row) have plans now, besides batch 1.
+        let plans = model.plans.lock().expect("lock");
+        let mut batches: Vec<usize> = plans.iter().map(|(s, _)| s[0][0]).collect();
+        batches.sort();
+        assert_eq!(batches, [1, 4]);
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("none.onnx");
+        let err = Model::load("m", "1", &missing, &LoadOptions::default()).expect_err("missing");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}: cannot read the model: ", missing.display())),
+            "{err}"
+        );
+        let junk = dir.path().join("junk.onnx");
+        std::fs::write(&junk, b"\xff\xff\xff not protobuf").expect("write");
+        let err = Model::load("m", "1", &junk, &LoadOptions::default()).expect_err("junk");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}: not a valid ONNX model: ", junk.display())),
+            "{err}"
+        );
+        let path = small_model(dir.path());
+        let err = Model::load("m", "1", &path, &LoadOptions { batch_max: 0 }).expect_err("batch 0");
+        assert_eq!(
+            err.to_string(),
+            format!("{}: batch_max must be at least 1", path.display())
+        );
     }
 }

@@ -455,7 +455,7 @@ impl fmt::Display for Element {
             Element::Bool(b) => write!(f, "{b}"),
             Element::Int(i) => write!(f, "{i}"),
             Element::Uint(u) => write!(f, "{u}"),
-            Element::Float(x) => write!(f, "{x}"),
+            Element::Float(x) => write!(f, "{x:?}"),
             Element::Str(s) => write!(f, "{s:?}"),
         }
     }
@@ -530,5 +530,215 @@ impl<'de> Visitor<'de> for Flatten<'_> {
             .is_some()
         {}
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<InferRequest, InferError> {
+        parse_request(body.as_bytes(), &RequestLimits { max_elements: 100 })
+    }
+
+    fn one(datatype: &str, shape: &str, data: &str) -> Result<TensorData, InferError> {
+        parse(&format!(
+            r#"{{"inputs": [{{"name": "x", "shape": {shape}, "datatype": "{datatype}", "data": {data}}}]}}"#
+        ))
+        .map(|r| r.inputs[0].data.clone())
+    }
+
+    fn bad(datatype: &str, shape: &str, data: &str) -> String {
+        match one(datatype, shape, data) {
+            Err(InferError::BadInput { input, message }) => {
+                assert_eq!(input, "x");
+                message
+            }
+            other => panic!("expected BadInput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn types_each_datatype() {
+        assert_eq!(
+            one("FP32", "[3]", "[1, 2.5, -3e2]"),
+            Ok(TensorData::Fp32(vec![1.0, 2.5, -300.0]))
+        );
+        assert_eq!(
+            one("FP64", "[2]", "[0.1, 7]"),
+            Ok(TensorData::Fp64(vec![0.1, 7.0]))
+        );
+        assert_eq!(
+            one("INT32", "[2, 2]", "[[1, -2], [3, 4.0]]"),
+            Ok(TensorData::Int32(vec![1, -2, 3, 4]))
+        );
+        assert_eq!(
+            one(
+                "INT64",
+                "[2]",
+                "[-9223372036854775808, 9223372036854775807]"
+            ),
+            Ok(TensorData::Int64(vec![i64::MIN, i64::MAX]))
+        );
+        assert_eq!(
+            one("UINT8", "[1, 3]", "[[0, 128, 255]]"),
+            Ok(TensorData::Uint8(vec![0, 128, 255]))
+        );
+        assert_eq!(
+            one("INT8", "[2]", "[-128, 127]"),
+            Ok(TensorData::Int8(vec![-128, 127]))
+        );
+        assert_eq!(
+            one("BOOL", "[2]", "[true, false]"),
+            Ok(TensorData::Bool(vec![true, false]))
+        );
+        assert_eq!(
+            one("FP16", "[1]", "[0.5]"),
+            Ok(TensorData::Fp16(vec![f16::from_f32(0.5)]))
+        );
+        assert_eq!(
+            one("BYTES", "[1]", r#"["abc"]"#),
+            Ok(TensorData::Bytes(vec!["abc".into()]))
+        );
+        assert_eq!(one("FP32", "[0]", "[]"), Ok(TensorData::Fp32(vec![])));
+    }
+
+    #[test]
+    fn refuses_values_out_of_range_for_the_type() {
+        assert_eq!(
+            bad("UINT8", "[2]", "[1, 300]"),
+            "element 1 (300) is not a valid UINT8"
+        );
+        assert_eq!(
+            bad("UINT8", "[1]", "[-1]"),
+            "element 0 (-1) is not a valid UINT8"
+        );
+        assert_eq!(
+            bad("INT32", "[2]", "[1.5, 2]"),
+            "element 0 (1.5) is not a valid INT32"
+        );
+        assert_eq!(
+            bad("INT32", "[1]", "[2147483648]"),
+            "element 0 (2147483648) is not a valid INT32"
+        );
+        assert_eq!(
+            bad("INT8", "[1]", "[-129]"),
+            "element 0 (-129) is not a valid INT8"
+        );
+        assert_eq!(
+            bad("BOOL", "[1]", "[1]"),
+            "element 0 (1) is not a valid BOOL"
+        );
+        assert_eq!(
+            bad("FP32", "[1]", "[1e39]"),
+            "element 0 (1e39) is not a valid FP32"
+        );
+        assert_eq!(
+            bad("FP16", "[1]", "[70000]"),
+            "element 0 (70000) is not a valid FP16"
+        );
+        assert_eq!(
+            bad("FP32", "[1]", r#"["1"]"#),
+            r#"element 0 ("1") is not a valid FP32"#
+        );
+        assert_eq!(
+            bad("BYTES", "[1]", "[1]"),
+            "element 0 (1) is not a valid BYTES"
+        );
+    }
+
+    #[test]
+    fn checks_sizes_before_typing() {
+        assert_eq!(
+            bad("FP32", "[2, 2]", "[1, 2, 3]"),
+            "data holds 3 elements, shape [2, 2] needs 4"
+        );
+        assert_eq!(
+            bad("FP32", "[1000000000000]", "[1]"),
+            "shape [1000000000000] declares more than the limit of 100 elements"
+        );
+        assert_eq!(
+            bad("FP32", "[4294967296, 4294967296, 4294967296]", "[1]"),
+            "shape [4294967296, 4294967296, 4294967296] declares more than the limit of 100 elements"
+        );
+        let two = r#"{"inputs": [
+            {"name": "a", "shape": [60], "datatype": "FP32", "data": [1]},
+            {"name": "b", "shape": [60], "datatype": "FP32", "data": [1]}]}"#;
+        assert_eq!(
+            parse(two),
+            Err(InferError::BadRequest(
+                "the inputs hold 120 elements together, more than the limit of 100".into()
+            ))
+        );
+        let twice = r#"{"inputs": [
+            {"name": "a", "shape": [1], "datatype": "FP32", "data": [1]},
+            {"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}]}"#;
+        assert_eq!(
+            parse(twice),
+            Err(InferError::BadInput {
+                input: "a".into(),
+                message: "given more than once".into()
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_bodies() {
+        let msg = |body: &str| match parse(body) {
+            Err(InferError::BadRequest(m)) => m,
+            other => panic!("expected BadRequest, got {other:?}"),
+        };
+        assert!(
+            msg("{").starts_with("request body: EOF while parsing"),
+            "{}",
+            msg("{")
+        );
+        assert!(msg(r#"{"inputs": [], "input": []}"#).contains("unknown field `input`"));
+        assert!(msg(
+            r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP8", "data": [1]}]}"#
+        )
+        .contains("unknown variant `FP8`"));
+        assert!(
+            msg(r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": 1}]}"#)
+                .contains("tensor data must be a JSON array")
+        );
+        assert!(msg(
+            r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [null]}]}"#
+        )
+        .contains("invalid type: null"));
+        let deep = format!(
+            r#"{{"inputs": [{{"name": "x", "shape": [1], "datatype": "FP32", "data": {}1{}}}]}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert!(
+            msg(&deep).contains("recursion limit exceeded"),
+            "{}",
+            msg(&deep)
+        );
+    }
+
+    #[test]
+    fn round_trips_request_fields_and_responses() {
+        let r = parse(
+            r#"{"id": "7", "parameters": {"p": 1}, "outputs": [{"name": "y"}],
+                "inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "parameters": {"q": true}, "data": [5]}]}"#,
+        )
+        .expect("parses");
+        assert_eq!(r.id.as_deref(), Some("7"));
+        assert_eq!(r.outputs.as_ref().map(|o| o[0].name.as_str()), Some("y"));
+        assert_eq!(
+            serde_json::to_string(&r).expect("json"),
+            r#"{"id":"7","parameters":{"p":1},"inputs":[{"name":"x","shape":[1],"datatype":"INT64","parameters":{"q":true},"data":[5]}],"outputs":[{"name":"y"}]}"#
+        );
+        let resp: InferResponse = serde_json::from_str(
+            r#"{"model_name": "m", "outputs": [{"name": "y", "shape": [2], "datatype": "FP32", "data": [0.1, 2]}]}"#,
+        )
+        .expect("response");
+        assert_eq!(resp.outputs[0].data, TensorData::Fp32(vec![0.1, 2.0]));
+        assert_eq!(
+            serde_json::to_string(&resp).expect("json"),
+            r#"{"model_name":"m","outputs":[{"name":"y","shape":[2],"datatype":"FP32","data":[0.1,2.0]}]}"#
+        );
     }
 }

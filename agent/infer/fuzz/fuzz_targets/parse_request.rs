@@ -1,0 +1,20 @@
+//! `v2::parse_request` on arbitrary bodies: it must answer every one with a
+//! request or an error, never a panic, and never allocate for a declared
+//! shape beyond the limit.
+#![no_main]
+
+use basalt_infer::v2::{parse_request, RequestLimits};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|body: &[u8]| {
+    let limits = RequestLimits { max_elements: 4096 };
+    if let Ok(req) = parse_request(body, &limits) {
+        let total: usize = req.inputs.iter().map(|i| i.data.len()).sum();
+        assert!(total <= limits.max_elements);
+        for input in &req.inputs {
+            let n: u64 = input.shape.iter().product();
+            assert_eq!(n, input.data.len() as u64);
+            assert_eq!(input.data.datatype(), input.datatype);
+        }
+    }
+});
