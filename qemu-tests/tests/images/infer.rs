@@ -65,7 +65,7 @@ fn x86_64_serves_the_baked_in_model_to_an_allowed_client() {
     cidata_image(
         &cidata,
         &format!(
-            "#cloud-config\nbasalt:\n  version: 1\n  allowed_clients:\n    - key: {key_hex}\n      alias: qemu-test\n"
+            "#cloud-config\nbasalt:\n  version: 1\n  inference:\n    timeout_ms: 600000\n  allowed_clients:\n    - key: {key_hex}\n      alias: qemu-test\n"
         ),
         "instance-id: iid-infer-1\n",
     );
@@ -76,7 +76,7 @@ fn x86_64_serves_the_baked_in_model_to_an_allowed_client() {
     eprintln!("{line}");
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(120))
+        .timeout(Duration::from_secs(600))
         .build()
         .unwrap();
 
@@ -136,12 +136,22 @@ fn x86_64_serves_the_baked_in_model_to_an_allowed_client() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 403);
+    let health = http
+        .get(format!("{base}/health"))
+        .header("authorization", signed("GET", "/health", b""))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    eprintln!("{health}");
+    let started = Instant::now();
     let r = http
         .post(format!("{base}{path}"))
         .header("authorization", signed("POST", path, &body))
         .body(body.clone())
         .send()
         .unwrap();
+    eprintln!("infer answered {} in {:?}", r.status(), started.elapsed());
     assert_eq!(r.status(), 200);
     let resp: serde_json::Value = r.json().unwrap();
     assert_eq!(resp["model_name"], "magika");
