@@ -194,7 +194,7 @@ fn keep_alive_while<T>(f: impl FnOnce() -> T) -> T {
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
                 ticks += 1;
-                if ticks % 25 == 0 {
+                if ticks.is_multiple_of(25) {
                     let _ = sd_notify::notify(
                         false,
                         &[
