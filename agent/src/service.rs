@@ -97,6 +97,7 @@ fn start_inference(
         .map_err(|e| warn!("metering: {e}; requests are served but not metered"))
         .ok()
     });
+    let config_models = config.and_then(|b| b.models.clone()).unwrap_or_default();
     let models = crate::serve::models::Registry::new(Some(crate::serve::MODELS_STATUS_PATH.into()));
     let server = crate::serve::Server::new(
         models,
@@ -126,10 +127,36 @@ fn start_inference(
                     },
                 };
                 info!("inference API on port {port}");
-                server.load_models(vec![
-                    basalt_formats::model::IMAGE_MODELS_DIR.into(),
-                    basalt_formats::model::DATA_MODELS_DIR.into(),
-                ]);
+                // The image's models first; then cloud-config's, downloaded
+                // onto the data partition (a same-named one replaces the image's).
+                let image =
+                    server.load_models(vec![basalt_formats::model::IMAGE_MODELS_DIR.into()]);
+                let data_root = std::path::PathBuf::from(basalt_formats::model::DATA_MODELS_DIR);
+                let root = data_root.clone();
+                let installed =
+                    tokio::task::spawn_blocking(move || {
+                        match crate::fetch::Fetcher::new(Default::default()) {
+                            Ok(f) => crate::serve::install::install(&config_models, &root, &f),
+                            Err(e) => config_models
+                                .iter()
+                                .map(|m| {
+                                    (
+                                        m.name.to_string(),
+                                        crate::serve::install::Outcome::Failed(e.to_string()),
+                                    )
+                                })
+                                .collect(),
+                        }
+                    })
+                    .await
+                    .unwrap_or_default();
+                let _ = image.await;
+                for (name, outcome) in installed {
+                    if let crate::serve::install::Outcome::Failed(e) = outcome {
+                        server.models.fail(&name, data_root.join(&name), e);
+                    }
+                }
+                server.load_models(vec![data_root]);
                 if let Err(e) = server.serve(listener, std::future::pending()).await {
                     log::error!("inference server stopped: {e}");
                 }

@@ -19,6 +19,7 @@
 
 pub mod access;
 mod batcher;
+pub mod install;
 pub mod metrics;
 pub mod models;
 
@@ -144,7 +145,7 @@ impl Server {
     }
 
     /// Loads every model found under `roots`, one after another, in the background.
-    pub fn load_models(&self, roots: Vec<std::path::PathBuf>) {
+    pub fn load_models(&self, roots: Vec<std::path::PathBuf>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             let roots: Vec<&std::path::Path> = roots.iter().map(|p| p.as_path()).collect();
@@ -158,7 +159,7 @@ impl Server {
                     )
                     .await;
             }
-        });
+        })
     }
 
     /// The routes.

@@ -121,6 +121,20 @@ impl Registry {
         self.write_status();
     }
 
+    /// Records a model that could not even be put in place (a failed download).
+    pub fn fail(&self, name: &str, dir: PathBuf, error: String) {
+        self.set(
+            Status {
+                name: name.to_string(),
+                version: String::new(),
+                dir,
+                batch_max: 1,
+                state: State::Failed { error },
+            },
+            None,
+        );
+    }
+
     /// Every model and its state, by name.
     pub fn list(&self) -> Vec<Status> {
         self.inner
