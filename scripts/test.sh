@@ -18,9 +18,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 scripts/setup.sh
 
-for target in x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu; do
-    echo "==> building basalt-agent for $target" >&2
-    cargo build --release --locked -p basalt-agent --target "$target"
-done
+# One invocation for both: build scripts and proc macros are built once.
+echo "==> building basalt-agent for x86_64 and aarch64" >&2
+cargo build --release --locked -p basalt-agent \
+    --target x86_64-unknown-linux-gnu --target aarch64-unknown-linux-gnu
 echo "==> cargo test" >&2
 cargo test --workspace --locked "$@"
