@@ -66,6 +66,8 @@ impl Sim {
                     wg_public_key: WgPublicKey::from_bytes(wg).unwrap(),
                     endpoints: vec![SocketAddr::new(addr.ip(), 51821)],
                     ipv4: "10.77.0.1".parse().unwrap(),
+                    models: vec![],
+                    load: basalt_formats::mesh::Load::new(0).unwrap(),
                 },
                 MembershipConfig::default(),
                 now,

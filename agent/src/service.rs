@@ -48,11 +48,12 @@ fn start_mesh(token: basalt_formats::mesh::NetworkToken, key: ed25519_dalek::Sig
     let spawned = std::thread::Builder::new()
         .name("mesh".into())
         .spawn(move || {
-            let config = crate::mesh::runtime::MeshConfig::new(
+            let mut config = crate::mesh::runtime::MeshConfig::new(
                 token,
                 std::path::PathBuf::from(crate::cli::DEVICE_MESH_DIR),
                 "basalt0".to_string(),
             );
+            config.advert = Some(crate::serve::route::ADVERT_PATH.into());
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -99,13 +100,19 @@ fn start_inference(
     });
     let config_models = config.and_then(|b| b.models.clone()).unwrap_or_default();
     let models = crate::serve::models::Registry::new(Some(crate::serve::MODELS_STATUS_PATH.into()));
-    let server = crate::serve::Server::new(
+    let mut server = crate::serve::Server::new(
         models,
         limits,
         access,
         metering,
         identity.map(|id| id.node_id()),
     );
+    if token.is_some() {
+        server = server.with_directory(std::sync::Arc::new(crate::serve::route::MeshDirectory {
+            status_dir: std::path::PathBuf::from(crate::cli::DEVICE_MESH_DIR),
+            port: crate::serve::DEFAULT_PORT,
+        }));
+    }
     let spawned = std::thread::Builder::new()
         .name("inference".into())
         .spawn(move || {
@@ -127,6 +134,7 @@ fn start_inference(
                     },
                 };
                 info!("inference API on port {port}");
+                server.advertise(crate::serve::route::ADVERT_PATH.into());
                 // The image's models first; then cloud-config's, downloaded
                 // onto the data partition (a same-named one replaces the image's).
                 let image =

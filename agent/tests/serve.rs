@@ -6,6 +6,7 @@ use basalt_formats::metering::verify_log;
 use ed25519_dalek::SigningKey;
 use prost::Message;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tract_onnx::pb;
 
@@ -112,24 +113,39 @@ struct Running {
 }
 
 async fn start(limits: Limits, batch_max: u32) -> Running {
+    start_node(limits, batch_max, 5, None).await
+}
+
+/// A node with the `mlp` model (and a broken one) when `directory` is
+/// `None`; with no models, forwarding through `directory`, otherwise.
+async fn start_node(
+    limits: Limits,
+    batch_max: u32,
+    key_byte: u8,
+    directory: Option<Arc<dyn serve::route::Directory>>,
+) -> Running {
     let dirs = tempfile::tempdir().unwrap();
+    let with_models = directory.is_none();
     let models_dir = dirs.path().join("models");
-    install_model(&models_dir, "mlp", batch_max);
-    // A broken model next to it must not stop the good one.
-    std::fs::create_dir_all(models_dir.join("broken")).unwrap();
-    std::fs::write(models_dir.join("broken/model.onnx"), b"not onnx").unwrap();
-    std::fs::write(
+    std::fs::create_dir_all(&models_dir).unwrap();
+    if with_models {
+        install_model(&models_dir, "mlp", batch_max);
+        // A broken model next to it must not stop the good one.
+        std::fs::create_dir_all(models_dir.join("broken")).unwrap();
+        std::fs::write(models_dir.join("broken/model.onnx"), b"not onnx").unwrap();
+        std::fs::write(
         models_dir.join("broken/model.json"),
         serde_json::json!({"name":"broken","version":"1","file":"model.onnx",
             "sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"not onnx")), "batch_max":1})
         .to_string(),
     )
     .unwrap();
-    let key = SigningKey::from_bytes(&[5; 32]);
+    }
+    let key = SigningKey::from_bytes(&[key_byte; 32]);
     let metering =
         basalt_agent::metering::MeteringLog::open(&dirs.path().join("metering"), key.clone())
             .unwrap();
-    let server = Server::new(
+    let mut server = Server::new(
         models::Registry::new(None),
         limits,
         serve::access::Access {
@@ -141,6 +157,9 @@ async fn start(limits: Limits, batch_max: u32) -> Running {
             &key.verifying_key(),
         )),
     );
+    if let Some(d) = directory {
+        server = server.with_directory(d);
+    }
     server.load_models(vec![models_dir]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -160,7 +179,7 @@ async fn start(limits: Limits, batch_max: u32) -> Running {
             .iter()
             .filter(|s| !matches!(s.state, models::State::Loading))
             .count();
-        if settled == 2 {
+        if settled == if with_models { 2 } else { 0 } {
             return r;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -501,4 +520,87 @@ async fn every_request_leaves_a_signed_record_without_its_data() {
     );
     // The input's values are nowhere in the log.
     assert!(!text.contains("-0.5"), "{text}");
+}
+
+#[tokio::test]
+async fn a_model_this_node_lacks_is_served_by_a_peer_that_has_it() {
+    let b = start_node(Limits::default(), 4, 6, None).await;
+    let b_id = b.server.node.unwrap();
+    let candidate = |node, base: &str, load| serve::route::Candidate {
+        node,
+        base: base.to_string(),
+        load,
+    };
+    // A dead peer claims the model too, and looks less loaded: it is tried
+    // first, fails, and the live one answers.
+    let dead = basalt_formats::mesh::NodeId::from_verifying_key(
+        &SigningKey::from_bytes(&[9; 32]).verifying_key(),
+    );
+    let dir = serve::route::StaticDirectory(vec![
+        ("mlp".into(), candidate(dead, "http://127.0.0.1:9", 0)),
+        ("mlp".into(), candidate(b_id, &b.base, 50)),
+    ]);
+    let a = start_node(Limits::default(), 1, 7, Some(Arc::new(dir))).await;
+    let (code, resp, headers) = a.infer("mlp", request(1)).await;
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(resp["parameters"]["served_by"], b_id.to_string().as_str());
+    assert_eq!(headers["basalt-served-by"], b_id.to_string().as_str());
+    let x: Vec<f32> = (0..4).map(|i| i as f32 / 10.0 - 0.5).collect();
+    let got: Vec<f32> = resp["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    for (g, w) in got.iter().zip(expected(&x)) {
+        assert!((g - w).abs() < 1e-5);
+    }
+    // A's metering names B as the node that ran it.
+    let dir = a.dirs.path().join("metering");
+    let mut rec = None;
+    for _ in 0..100 {
+        let mut out = Vec::new();
+        basalt_agent::metering::export(&dir, 0, &mut out).unwrap();
+        if let Some(line) = String::from_utf8(out).unwrap().lines().next() {
+            rec = Some(basalt_formats::metering::verify_line(line).unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rec.expect("a record").served_by, Some(b_id));
+
+    // A request that has already made its hops is not forwarded again.
+    let r = a
+        .client
+        .post(format!("{}/v2/models/mlp/infer", a.base))
+        .header("basalt-hops", serve::route::MAX_HOPS.to_string())
+        .body(request(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    // No peer has it: 404, not a forward.
+    assert_eq!(a.infer("nope", request(1)).await.0, 404);
+}
+
+#[tokio::test]
+async fn when_no_peer_answers_the_error_names_them() {
+    let dead = basalt_formats::mesh::NodeId::from_verifying_key(
+        &SigningKey::from_bytes(&[9; 32]).verifying_key(),
+    );
+    let dir = serve::route::StaticDirectory(vec![(
+        "mlp".into(),
+        serve::route::Candidate {
+            node: dead,
+            base: "http://127.0.0.1:9".into(),
+            load: 0,
+        },
+    )]);
+    let a = start_node(Limits::default(), 1, 7, Some(Arc::new(dir))).await;
+    let (code, resp, _) = a.infer("mlp", request(1)).await;
+    assert_eq!(code, 502, "{resp}");
+    assert!(
+        resp["error"].as_str().unwrap().contains(&dead.to_string()),
+        "{resp}"
+    );
 }

@@ -342,6 +342,10 @@ pub struct OwnInfo {
     pub endpoints: Vec<SocketAddr>,
     /// The IPv4 address it takes.
     pub ipv4: Ipv4Addr,
+    /// The models it serves.
+    pub models: Vec<basalt_formats::mesh::ModelName>,
+    /// How busy its inference server is.
+    pub load: Load,
 }
 
 /// Why membership could not start.
@@ -596,8 +600,8 @@ impl Membership {
             ipv6: mesh_ipv6(&self.token.ipv6_prefix(), &node_id),
             ipv4: self.own.ipv4,
             capabilities: Capabilities {
-                models: vec![],
-                load: Load::new(0).expect("0 is a load"),
+                models: self.own.models.clone(),
+                load: self.own.load,
                 agent_version: env!("CARGO_PKG_VERSION")
                     .parse()
                     .expect("the crate version is semver"),
@@ -631,11 +635,15 @@ impl Membership {
             return Ok(());
         }
         log::info!(
-            "descriptor changes: endpoints {:?} -> {:?}, ipv4 {} -> {}",
+            "descriptor changes: endpoints {:?} -> {:?}, ipv4 {} -> {}, models {:?} -> {:?}, load {} -> {}",
             self.own.endpoints,
             own.endpoints,
             self.own.ipv4,
-            own.ipv4
+            own.ipv4,
+            self.own.models,
+            own.models,
+            self.own.load.percent(),
+            own.load.percent()
         );
         let old = std::mem::replace(&mut self.own, own);
         if let Err(e) = self.sign_own(now) {
@@ -939,6 +947,8 @@ mod tests {
                 wg_public_key: WgPublicKey::from_bytes([i; 32]).unwrap(),
                 endpoints: vec![format!("192.0.2.{i}:51821").parse().unwrap()],
                 ipv4: format!("10.77.0.{i}").parse().unwrap(),
+                models: vec![],
+                load: Load::new(0).unwrap(),
             },
             MembershipConfig::default(),
             now,

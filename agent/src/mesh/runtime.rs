@@ -31,7 +31,7 @@ use super::status::{MeshStatus, PeerState, PeerStatus, StatusError};
 use super::{address_members, own_ipv4, wanted_peers, Liveness};
 use crate::identity::{load_or_create_secret, random_secret, IdentityError};
 use basalt_formats::mesh::{
-    assign_ipv4, mesh_ipv6, BootstrapHost, NetworkToken, NodeId, WgPublicKey,
+    assign_ipv4, mesh_ipv6, BootstrapHost, Load, NetworkToken, NodeId, WgPublicKey,
 };
 use ed25519_dalek::SigningKey;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -77,6 +77,9 @@ pub struct MeshConfig {
     pub membership: MembershipConfig,
     /// Whether to send LAN beacons.
     pub beacons: bool,
+    /// What this node's inference server serves ([`crate::serve::Advert`]),
+    /// advertised in its descriptor; `None`: nothing.
+    pub advert: Option<PathBuf>,
 }
 
 impl MeshConfig {
@@ -93,6 +96,7 @@ impl MeshConfig {
             keepalive: DEFAULT_KEEPALIVE,
             membership: MembershipConfig::default(),
             beacons: true,
+            advert: None,
         }
     }
 }
@@ -276,6 +280,8 @@ impl<D: WgDevice, T: Tools> Mesh<D, T> {
                 wg_public_key: wg_public,
                 endpoints,
                 ipv4,
+                models: Vec::new(),
+                load: Load::new(0).expect("0 is a load"),
             },
             config.membership.clone(),
             now,
@@ -319,10 +325,18 @@ impl<D: WgDevice, T: Tools> Mesh<D, T> {
         let token = self.config.token.clone();
         let members = self.membership.members();
         let ipv4 = own_ipv4(&self.self_id, &members, &token).unwrap_or(self.membership.own().ipv4);
+        let advert = self
+            .config
+            .advert
+            .as_deref()
+            .map(crate::serve::Advert::read)
+            .unwrap_or_default();
         let own = OwnInfo {
             wg_public_key: self.wg_public,
             endpoints: Self::endpoints_of(&self.config),
             ipv4,
+            models: advert.models,
+            load: Load::new(advert.load.min(100)).expect("at most 100"),
         };
         if let Err(e) = self.membership.update_own(own, now) {
             log::warn!("{e}");
@@ -400,6 +414,13 @@ impl<D: WgDevice, T: Tools> Mesh<D, T> {
                         Liveness::Dead => PeerState::Dead,
                     },
                     on_device: on.is_some(),
+                    models: d
+                        .capabilities
+                        .models
+                        .iter()
+                        .map(|m| m.to_string())
+                        .collect(),
+                    load: d.capabilities.load.percent(),
                 }
             })
             .collect();

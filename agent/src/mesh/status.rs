@@ -51,6 +51,12 @@ pub struct PeerStatus {
     pub state: PeerState,
     /// Whether it is a peer on the WireGuard device.
     pub on_device: bool,
+    /// The models it serves.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// How busy its inference server is, percent.
+    #[serde(default)]
+    pub load: u8,
 }
 
 /// This node's mesh, as last written.
@@ -237,6 +243,8 @@ mod tests {
                 tx_bytes: 2,
                 state: PeerState::Suspect,
                 on_device: true,
+                models: vec!["magika".into()],
+                load: 25,
             }],
         }
     }

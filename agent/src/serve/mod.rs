@@ -20,6 +20,9 @@
 pub mod access;
 mod batcher;
 pub mod install;
+pub mod route;
+
+pub use route::Advert;
 pub mod metrics;
 pub mod models;
 
@@ -117,6 +120,10 @@ pub struct Server {
     pub node: Option<basalt_formats::mesh::NodeId>,
     /// Requests admitted and not yet answered.
     pending: Arc<AtomicUsize>,
+    /// Who else serves what, for requests this node cannot run.
+    pub directory: Option<Arc<dyn route::Directory>>,
+    /// The client for forwarded requests.
+    http: reqwest::Client,
 }
 
 impl Server {
@@ -136,7 +143,51 @@ impl Server {
             metering,
             node,
             pending: Arc::new(AtomicUsize::new(0)),
+            directory: None,
+            http: reqwest::Client::new(),
         }
+    }
+
+    /// Forwards requests for models this node lacks to the peers `d` names.
+    pub fn with_directory(mut self, d: Arc<dyn route::Directory>) -> Server {
+        self.directory = Some(d);
+        self
+    }
+
+    /// What this node offers the mesh right now.
+    pub fn advert(&self) -> Advert {
+        Advert {
+            models: self
+                .models
+                .ready_names()
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+            load: Advert::load_step(
+                self.in_flight(),
+                self.limits.threads + self.limits.queue_capacity,
+            ),
+        }
+    }
+
+    /// Keeps `path` up to date with [`Server::advert`] (checked every second,
+    /// written when it changes), for the mesh to put in this node's descriptor.
+    pub fn advertise(&self, path: std::path::PathBuf) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let a = me.advert();
+                if last.as_ref() != Some(&a) {
+                    let json = serde_json::to_vec(&a).expect("an advert serialises");
+                    match crate::provision::atomic_write(&path, &json, 0o644) {
+                        Ok(()) => last = Some(a),
+                        Err(e) => log::warn!("{}: {e}", path.display()),
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
     }
 
     /// Requests admitted and not yet answered.
@@ -443,6 +494,12 @@ async fn infer(
         )),
         _ => read_body(body, limit).await,
     };
+    let hops: u32 = headers
+        .get(route::HOPS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut served_by = None;
     let (response, caller, bytes_in, digest, version) = match body {
         Err(r) => (r, None, 0, [0; 32], None),
         Ok(body) => {
@@ -450,20 +507,34 @@ async fn infer(
             match check(&s, peer.ip(), &headers, &method, &uri, &body) {
                 Err(r) => (r, None, body.len() as u64, digest, None),
                 Ok(c) => {
-                    let (r, version) = run(&s, &name, &body).await;
+                    let local = s.models.status(&name).is_some();
+                    let forwarded = if local || hops >= route::MAX_HOPS {
+                        None
+                    } else {
+                        forward(&s, &name, body.clone(), hops).await
+                    };
+                    let (r, version) = match forwarded {
+                        Some((r, by)) => {
+                            served_by = by;
+                            (r, None)
+                        }
+                        None => run(&s, &name, &body).await,
+                    };
                     (r, Some(c), body.len() as u64, digest, version)
                 }
             }
         }
     };
     let mut response = response;
-    if let Some(n) = s.node {
-        if let Ok(v) = HeaderValue::from_str(&n.to_string()) {
-            response.headers_mut().insert("basalt-served-by", v);
+    if served_by.is_none() {
+        if let Some(n) = s.node {
+            if let Ok(v) = HeaderValue::from_str(&n.to_string()) {
+                response.headers_mut().insert(SERVED_BY_HEADER, v);
+            }
         }
     }
     let status = response.status().as_u16();
-    let known = s.models.status(&name).is_some();
+    let known = s.models.status(&name).is_some() || served_by.is_some();
     let label = if known {
         name.as_str()
     } else {
@@ -488,10 +559,87 @@ async fn infer(
         wall_us: wall.as_micros() as u64,
         input_sha256: digest,
         status,
-        served_by: None,
+        served_by,
         client: caller.label(),
     });
     Response::from_parts(parts, Body::from(out))
+}
+
+/// The header naming the node that ran the model.
+pub const SERVED_BY_HEADER: &str = "basalt-served-by";
+
+/// Sends the request to the peers that serve `name`, least loaded first,
+/// until one answers. `None` when no peer serves it; the answer (or a 502
+/// naming what each peer did) and the node that served it otherwise.
+async fn forward(
+    s: &Server,
+    name: &str,
+    body: axum::body::Bytes,
+    hops: u32,
+) -> Option<(Response, Option<basalt_formats::mesh::NodeId>)> {
+    let candidates = s.directory.as_ref()?.candidates(name);
+    if candidates.is_empty() {
+        return None;
+    }
+    let mut tried = Vec::new();
+    for c in candidates {
+        let url = format!("{}/v2/models/{name}/infer", c.base);
+        let sent = s
+            .http
+            .post(&url)
+            .header(route::HOPS_HEADER, (hops + 1).to_string())
+            .header(axum::http::header::CONTENT_TYPE, "application/json")
+            .timeout(s.limits.timeout)
+            .body(body.clone())
+            .send()
+            .await;
+        let r = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                tried.push(format!("{}: {e}", c.node));
+                continue;
+            }
+        };
+        let status = r.status().as_u16();
+        // The peer no longer has it ready: try the next one.
+        if status == 404 || status == 503 {
+            tried.push(format!("{}: answered {status}", c.node));
+            continue;
+        }
+        let by = r
+            .headers()
+            .get(SERVED_BY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(c.node);
+        let bytes = match r.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                tried.push(format!("{}: reading the answer: {e}", c.node));
+                continue;
+            }
+        };
+        let mut resp = Response::new(Body::from(bytes));
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        resp.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&by.to_string()) {
+            resp.headers_mut().insert(SERVED_BY_HEADER, v);
+        }
+        return Some((resp, Some(by)));
+    }
+    Some((
+        error(
+            502,
+            format!(
+                "model {name} is not on this node and no peer serving it answered: {}",
+                tried.join("; ")
+            ),
+        ),
+        None,
+    ))
 }
 
 /// Parses, queues and runs one request; returns the answer and the model version.
