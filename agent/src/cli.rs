@@ -736,7 +736,11 @@ fn run_health(json: bool, no_reboot: bool) -> ExitCode {
         .and_then(|b| b.health)
         .map(|h| h.checks)
         .unwrap_or_default();
-    let outcomes = health::run_checks(Path::new(health::READY_PATH), &checks);
+    let outcomes = health::run_checks(
+        Path::new(health::READY_PATH),
+        Path::new(crate::serve::MODELS_STATUS_PATH),
+        &checks,
+    );
     let ok = outcomes.iter().all(|o| o.ok);
     let _ = std::fs::write(
         "/run/basalt/health.json",

@@ -140,6 +140,10 @@ fn start_inference(
                 let image =
                     server.load_models(vec![basalt_formats::model::IMAGE_MODELS_DIR.into()]);
                 let data_root = std::path::PathBuf::from(basalt_formats::model::DATA_MODELS_DIR);
+                for m in &config_models {
+                    let name = m.name.to_string();
+                    server.models.pending(&name, data_root.join(&name));
+                }
                 let root = data_root.clone();
                 let installed =
                     tokio::task::spawn_blocking(move || {

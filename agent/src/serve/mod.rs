@@ -200,7 +200,11 @@ impl Server {
         let me = self.clone();
         tokio::spawn(async move {
             let roots: Vec<&std::path::Path> = roots.iter().map(|p| p.as_path()).collect();
-            for (_, dir) in models::discover(&roots) {
+            let found = models::discover(&roots);
+            for (name, dir) in &found {
+                me.models.pending(name, dir.clone());
+            }
+            for (_, dir) in found {
                 me.models
                     .load(
                         dir,

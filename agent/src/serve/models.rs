@@ -91,10 +91,32 @@ pub fn discover(roots: &[&Path]) -> BTreeMap<String, PathBuf> {
 }
 
 impl Registry {
+    /// A registry with no models; with a status file, that file is written
+    /// at once (an empty list), so a health check can tell "no models" from
+    /// "no server".
     pub fn new(status_file: Option<PathBuf>) -> Self {
-        Registry {
+        let r = Registry {
             inner: Default::default(),
             status_file,
+        };
+        r.write_status();
+        r
+    }
+
+    /// Lists a model as loading before its turn comes, so that readiness and
+    /// the boot's health check wait for it.
+    pub fn pending(&self, name: &str, dir: PathBuf) {
+        if self.status(name).is_none() {
+            self.set(
+                Status {
+                    name: name.to_string(),
+                    version: String::new(),
+                    dir,
+                    batch_max: 1,
+                    state: State::Loading,
+                },
+                None,
+            );
         }
     }
 
