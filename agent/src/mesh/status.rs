@@ -184,12 +184,12 @@ impl MeshStatus {
 
     /// For `basalt-agent mesh peers`: one line per member.
     pub fn peers_human(&self) -> String {
-        let mut s = String::from("NODE          STATE    IPV6                                     IPV4             ENDPOINT               HANDSHAKE   RX        TX\n");
+        let mut s = String::from("NODE          STATE    IPV6                                     IPV4             ENDPOINT               HANDSHAKE   RX        TX        LOAD  MODELS\n");
         for p in &self.peers {
             let id = p.node_id.to_string();
             let _ = writeln!(
                 s,
-                "{:<13} {:<8} {:<40} {:<16} {:<22} {:<11} {:<9} {}",
+                "{:<13} {:<8} {:<40} {:<16} {:<22} {:<11} {:<9} {:<9} {:<5} {}",
                 &id[..id.len().min(12)],
                 match p.state {
                     PeerState::Alive => "alive",
@@ -202,7 +202,13 @@ impl MeshStatus {
                 p.last_handshake_s
                     .map_or_else(|| "never".to_string(), |s| format!("{s}s ago")),
                 p.rx_bytes,
-                p.tx_bytes
+                p.tx_bytes,
+                format!("{}%", p.load),
+                if p.models.is_empty() {
+                    "-".to_string()
+                } else {
+                    p.models.join(",")
+                }
             );
         }
         s
@@ -259,5 +265,10 @@ mod tests {
         assert!(status().human().contains("0 alive, 1 suspect, 0 dead"));
         assert!(status().peers_human().contains("suspect"));
         assert!(status().peers_human().contains("3s ago"));
+        assert!(
+            status().peers_human().contains("25%   magika"),
+            "{}",
+            status().peers_human()
+        );
     }
 }
