@@ -4,17 +4,72 @@ use basalt_formats::BoardId;
 use qemu_tests::*;
 use std::time::Duration;
 
-const KEY: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq3x8Qy0nZ3e0Yj3m7VvJcqZ9v0L1yF2Qm3b4c5d6e7 ops@laptop";
+/// A fresh SSH key pair for the test; returns the private key's path and the public key.
+fn ssh_key(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let key = dir.join("id_ed25519");
+    let _ = std::fs::remove_file(&key);
+    let _ = std::fs::remove_file(key.with_extension("pub"));
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ops@laptop", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen (openssh-client) runs");
+    assert!(st.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public.trim().to_string())
+}
 
-fn user_data() -> String {
+/// Logs in as `ops` over the forwarded port and runs `hostname`, trying for
+/// up to a minute while sshd starts.
+fn ssh_hostname(key: &std::path::Path, port: u16) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = std::process::Command::new("ssh")
+            .args(["-p", &port.to_string(), "-i"])
+            .arg(key)
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "LogLevel=ERROR",
+                "ops@127.0.0.1",
+                "hostname",
+            ])
+            .output()
+            .expect("ssh runs");
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ssh ops@127.0.0.1:{port} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn user_data(key: &str) -> String {
     format!(
         "#cloud-config
 hostname: edge-7
 users:
   - name: ops
     groups: [adm]
-    ssh_authorized_keys: [\"{KEY}\"]
+    ssh_authorized_keys: [\"{key}\"]
 write_files:
   - path: /etc/basalt-test/hello.txt
     content: aGVsbG8gZnJvbSBjbG91ZC1jb25maWcK
@@ -36,9 +91,12 @@ fn x86_64_provisions_from_cidata_and_keeps_the_last_good_config() {
     let mut cfg = vm_config(BoardId::X86_64Uefi, &built.image, "x86_64-provision");
     let good = cfg.state_dir.join("cidata-good.img");
     std::fs::create_dir_all(&cfg.state_dir).unwrap();
+    let (private, public) = ssh_key(&cfg.state_dir);
+    let port = free_port();
+    cfg.forwards = vec![(port, 22)];
     cidata_image(
         &good,
-        &user_data(),
+        &user_data(&public),
         "instance-id: iid-basalt-1\nlocal-hostname: ignored-by-user-data\n",
     );
     cfg.extra_args = extra_disk("cidata", &good);
@@ -57,7 +115,9 @@ fn x86_64_provisions_from_cidata_and_keeps_the_last_good_config() {
             t,
         )
         .unwrap();
-    assert!(keys.contains(KEY) && keys.contains("600 ops"), "{keys}");
+    assert!(keys.contains(&public) && keys.contains("600 ops"), "{keys}");
+    // Reachable over SSH with the key cloud-config gave the user.
+    assert_eq!(ssh_hostname(&private, port), "edge-7");
     let file = vm
         .run_ok(
             "cat /etc/basalt-test/hello.txt; stat -c %a /etc/basalt-test/hello.txt",
@@ -115,6 +175,8 @@ fn x86_64_provisions_from_cidata_and_keeps_the_last_good_config() {
         .unwrap();
     assert!(journal.trim() != "0", "{journal}");
     vm.run_ok("id ops", t).unwrap();
+    // Still reachable over SSH with the last good config.
+    assert_eq!(ssh_hostname(&private, port), "edge-7");
     // The identity is the same after the reboot.
     let status = vm.run_ok("basalt-agent status --json", t).unwrap();
     let st: serde_json::Value = serde_json::from_str(&status[status.find('{').unwrap()..]).unwrap();
