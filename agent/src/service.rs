@@ -9,7 +9,11 @@ use std::time::Duration;
 pub fn init_logging() {
     if systemd_journal_logger::connected_to_journal() {
         if let Ok(j) = systemd_journal_logger::JournalLog::new() {
-            let j = j.with_syslog_identifier("basalt-agent".to_string());
+            // Every entry carries the agent's version; records add their own
+            // fields (MODEL, CLOUD_CONFIG_SOURCE, ...) as key-values.
+            let j = j
+                .with_syslog_identifier("basalt-agent".to_string())
+                .with_extra_fields(vec![("BASALT_VERSION", env!("CARGO_PKG_VERSION"))]);
             if j.install().is_ok() {
                 log::set_max_level(log::LevelFilter::Info);
                 return;

@@ -109,7 +109,7 @@ pub fn provision(
     for p in &parsed {
         let err = p.config.as_ref().err().map(|e| e.to_string());
         if let Some(e) = &err {
-            error!("cloud-config rejected: {e}");
+            error!(cloud_config_source = p.text.name.as_str(); "cloud-config rejected: {e}");
             status.errors.push(e.clone());
         }
         status.sources.push(SourceStatus {

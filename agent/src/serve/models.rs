@@ -224,7 +224,7 @@ impl Registry {
         let (manifest, file) = match read_manifest(&dir) {
             Ok(m) => m,
             Err(error) => {
-                log::error!("model {name}: {error}");
+                log::error!(model = name.as_str(); "model {name}: {error}");
                 return self.set(
                     Status {
                         name,
@@ -273,7 +273,11 @@ impl Registry {
         match loaded {
             Ok(model) => {
                 let load_ms = started.elapsed().as_millis() as u64;
-                log::info!("model {name} {} ready in {load_ms} ms", manifest.version);
+                log::info!(
+                    model = name.as_str(), model_version = manifest.version.as_str(), load_ms = load_ms;
+                    "model {name} {} ready in {load_ms} ms",
+                    manifest.version
+                );
                 let model = Arc::new(model);
                 let queue = super::batcher::start(model.clone(), limits, workers, metrics);
                 self.set(
@@ -282,7 +286,7 @@ impl Registry {
                 );
             }
             Err(error) => {
-                log::error!("model {name}: {error}");
+                log::error!(model = name.as_str(); "model {name}: {error}");
                 self.set(status(State::Failed { error }), None);
             }
         }

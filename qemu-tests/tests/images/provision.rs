@@ -174,6 +174,15 @@ fn x86_64_provisions_from_cidata_and_keeps_the_last_good_config() {
         )
         .unwrap();
     assert!(journal.trim() != "0", "{journal}");
+    // The journal entries carry fields: the rejected source, the agent's version.
+    let fields = vm
+        .run_ok(
+            "journalctl -b -u basalt-agent -o verbose --no-pager | grep -E '^ *(CLOUD_CONFIG_SOURCE|BASALT_VERSION)=' | sort -u",
+            t,
+        )
+        .unwrap();
+    assert!(fields.contains("CLOUD_CONFIG_SOURCE=CIDATA"), "{fields}");
+    assert!(fields.contains("BASALT_VERSION="), "{fields}");
     vm.run_ok("id ops", t).unwrap();
     // Still reachable over SSH with the last good config.
     assert_eq!(ssh_hostname(&private, port), "edge-7");
