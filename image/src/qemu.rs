@@ -292,6 +292,37 @@ impl Vm {
         let n = self.commands;
         let start = format!("__basalt_begin_{n}__");
         let end = format!("__basalt_end_{n}__");
+        // A shell must be reading first: input typed while a login or a
+        // reboot is still in progress is thrown away, so an echo is sent
+        // (harmless if repeated) until it comes back.
+        let ready = format!("__basalt_ready_{n}__");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let before = self.console().len();
+            self.send(&format!("echo __basalt_ready_{n}''__\n"))?;
+            let until = Instant::now() + Duration::from_secs(5);
+            let mut seen = false;
+            while Instant::now() < until {
+                let text = self.console();
+                if text[before.min(text.len())..].contains(&ready) {
+                    seen = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if seen {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "no shell answered on the console before running {command:?}; its end:\n{}",
+                    tools::tail(&self.console(), 30)
+                );
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("QEMU exited ({status}) before running {command:?}");
+            }
+        }
         let before = self.console().len();
         // The markers are split in the typed text so the echo of the command line never matches.
         self.send(&format!(
