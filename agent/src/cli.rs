@@ -402,14 +402,7 @@ pub fn main() -> ExitCode {
                 None => "mesh:     not joined\n".to_string(),
             };
             for m in &i.models {
-                let state = match &m.state {
-                    crate::serve::models::State::Loading => "loading".to_string(),
-                    crate::serve::models::State::Ready { load_ms } => {
-                        format!("ready (loaded in {load_ms} ms)")
-                    }
-                    crate::serve::models::State::Failed { error } => format!("failed: {error}"),
-                };
-                human += &format!("model:    {} {}: {state}\n", m.name, m.version);
+                human += &format!("model:    {} {}: {}\n", m.name, m.version, m.state);
             }
             if i.models.is_empty() {
                 human += "models:   none\n";

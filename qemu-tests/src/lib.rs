@@ -204,3 +204,11 @@ pub fn boot_to_ready(cfg: &VmConfig) -> (Vm, String) {
         .unwrap_or_else(|e| panic!("{e:#}"));
     (vm, line)
 }
+
+/// A TCP port free on the host's loopback, for forwarding a guest port to.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}

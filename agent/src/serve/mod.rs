@@ -345,19 +345,8 @@ async fn model_metadata(
     }
     match (s.models.get(&name), s.models.status(&name)) {
         (Some(m), _) => axum::Json(m.model.metadata()).into_response(),
-        (None, Some(st)) => error(
-            503,
-            format!("model {name} is not ready: {}", state_text(&st.state)),
-        ),
+        (None, Some(st)) => error(503, format!("model {name} is not ready: {}", st.state)),
         (None, None) => error(404, format!("no model named {name:?} on this node")),
-    }
-}
-
-fn state_text(s: &models::State) -> String {
-    match s {
-        models::State::Loading => "loading".into(),
-        models::State::Ready { .. } => "ready".into(),
-        models::State::Failed { error } => format!("failed: {error}"),
     }
 }
 
@@ -651,10 +640,7 @@ async fn run(s: &Server, name: &str, body: &[u8]) -> (Response, Option<String>) 
     let Some(served) = s.models.get(name) else {
         return match s.models.status(name) {
             Some(st) => (
-                error(
-                    503,
-                    format!("model {name} is not ready: {}", state_text(&st.state)),
-                ),
+                error(503, format!("model {name} is not ready: {}", st.state)),
                 Some(st.version),
             ),
             None => (

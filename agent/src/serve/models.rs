@@ -19,6 +19,16 @@ pub enum State {
     Failed { error: String },
 }
 
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            State::Loading => f.write_str("loading"),
+            State::Ready { load_ms } => write!(f, "ready (loaded in {load_ms} ms)"),
+            State::Failed { error } => write!(f, "failed: {error}"),
+        }
+    }
+}
+
 /// One model, in any state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
@@ -28,6 +38,19 @@ pub struct Status {
     pub batch_max: u32,
     #[serde(flatten)]
     pub state: State,
+}
+
+impl Status {
+    /// A model whose manifest has not been read (yet, or at all).
+    fn unread(name: &str, dir: PathBuf, state: State) -> Status {
+        Status {
+            name: name.to_string(),
+            version: String::new(),
+            dir,
+            batch_max: 1,
+            state,
+        }
+    }
 }
 
 /// A loaded model and the queue in front of it.
@@ -107,16 +130,7 @@ impl Registry {
     /// the boot's health check wait for it.
     pub fn pending(&self, name: &str, dir: PathBuf) {
         if self.status(name).is_none() {
-            self.set(
-                Status {
-                    name: name.to_string(),
-                    version: String::new(),
-                    dir,
-                    batch_max: 1,
-                    state: State::Loading,
-                },
-                None,
-            );
+            self.set(Status::unread(name, dir, State::Loading), None);
         }
     }
 
@@ -145,16 +159,7 @@ impl Registry {
 
     /// Records a model that could not even be put in place (a failed download).
     pub fn fail(&self, name: &str, dir: PathBuf, error: String) {
-        self.set(
-            Status {
-                name: name.to_string(),
-                version: String::new(),
-                dir,
-                batch_max: 1,
-                state: State::Failed { error },
-            },
-            None,
-        );
+        self.set(Status::unread(name, dir, State::Failed { error }), None);
     }
 
     /// Every model and its state, by name.
@@ -225,16 +230,7 @@ impl Registry {
             Ok(m) => m,
             Err(error) => {
                 log::error!(model = name.as_str(); "model {name}: {error}");
-                return self.set(
-                    Status {
-                        name,
-                        version: String::new(),
-                        dir,
-                        batch_max: 1,
-                        state: State::Failed { error },
-                    },
-                    None,
-                );
+                return self.set(Status::unread(&name, dir, State::Failed { error }), None);
             }
         };
         let status = |state| Status {

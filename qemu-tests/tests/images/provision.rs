@@ -55,13 +55,6 @@ fn ssh_hostname(key: &std::path::Path, port: u16) -> String {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn user_data(key: &str) -> String {
     format!(
         "#cloud-config
