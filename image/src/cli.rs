@@ -275,6 +275,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 keep_state: keep,
                 extra_args: Vec::new(),
                 forwards,
+                lan: None,
             };
             if until_ready {
                 let mut vm = qemu::Vm::start(&cfg)?;

@@ -8,6 +8,7 @@ use crate::tools;
 use anyhow::{bail, Context, Result};
 use basalt_formats::Board;
 use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -30,6 +31,49 @@ pub struct VmConfig {
     pub extra_args: Vec<String>,
     /// TCP ports of the guest reachable on the host's loopback: (host, guest).
     pub forwards: Vec<(u16, u16)>,
+    /// A second network card on an Ethernet segment shared with other VMs.
+    pub lan: Option<Lan>,
+}
+
+/// An Ethernet segment that VMs on this host share, as a second network
+/// card beside the one that reaches the host (QEMU's multicast socket
+/// network, bound to the loopback interface so no frame leaves the host).
+/// Nothing on it hands out addresses: the guests number themselves, as
+/// devices on a switch without a DHCP server do (IPv4 link-local).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lan {
+    /// The multicast group and UDP port that carry the segment's frames.
+    pub group: SocketAddrV4,
+    /// This VM's MAC address there.
+    pub mac: [u8; 6],
+}
+
+impl Lan {
+    /// VM number `index` on the segment carried by UDP `port`.
+    pub fn new(port: u16, index: u8) -> Lan {
+        Lan {
+            group: SocketAddrV4::new(Ipv4Addr::new(239, 255, 66, 1), port),
+            mac: [0x52, 0x54, 0x00, 0xba, 0x5a, index],
+        }
+    }
+
+    /// This VM's MAC address, written the usual way.
+    pub fn mac_string(&self) -> String {
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    fn args(&self) -> [String; 4] {
+        [
+            "-netdev".into(),
+            format!("socket,id=lan0,mcast={},localaddr=127.0.0.1", self.group),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=lan0,mac={}", self.mac_string()),
+        ]
+    }
 }
 
 /// A running VM whose serial console is captured.
@@ -102,6 +146,7 @@ pub fn command(cfg: &VmConfig, disk: &Path, vars: &Path) -> Command {
                 }),
         )
         .args(["-device", "virtio-net-pci,netdev=net0"])
+        .args(cfg.lan.iter().flat_map(Lan::args))
         .args(["-device", "virtio-rng-pci"])
         .args(["-serial", "mon:stdio"])
         .args(&cfg.extra_args);
@@ -419,6 +464,21 @@ mod tests {
         assert_eq!(
             super::without_kernel_lines(out),
             "13796d7b\n[not a stamp] kept\n"
+        );
+    }
+
+    #[test]
+    fn a_lan_is_a_second_card_with_its_own_address() {
+        let lan = super::Lan::new(40123, 3);
+        assert_eq!(lan.mac_string(), "52:54:00:ba:5a:03");
+        assert_eq!(
+            lan.args(),
+            [
+                "-netdev",
+                "socket,id=lan0,mcast=239.255.66.1:40123,localaddr=127.0.0.1",
+                "-device",
+                "virtio-net-pci,netdev=lan0,mac=52:54:00:ba:5a:03"
+            ]
         );
     }
 }

@@ -193,6 +193,7 @@ pub fn vm_config(board: BoardId, image: &Path, name: &str) -> VmConfig {
         keep_state: false,
         extra_args: Vec::new(),
         forwards: Vec::new(),
+        lan: None,
     }
 }
 
@@ -203,6 +204,48 @@ pub fn boot_to_ready(cfg: &VmConfig) -> (Vm, String) {
         .wait_for(READY, BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e:#}"));
     (vm, line)
+}
+
+/// Serves `body` to every request on the host's loopback, on a thread that
+/// lives as long as the test process, and returns the port. Guests on QEMU's
+/// user network reach it at `http://10.0.2.2:<port>/`.
+pub fn serve_bytes(body: Vec<u8>) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let port = listener.local_addr().expect("its address").port();
+    let body = Arc::new(body);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(&body);
+            });
+        }
+    });
+    port
+}
+
+/// A UDP port free on the host's loopback: a [`basalt::qemu::Lan`] of this
+/// test's own, which no other test run hears.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
 }
 
 /// A TCP port free on the host's loopback, for forwarding a guest port to.

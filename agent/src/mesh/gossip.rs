@@ -48,7 +48,7 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -379,7 +379,7 @@ pub struct Membership {
     timer_events: HashMap<u64, Timer<MeshIdentity>>,
     timer_seq: u64,
     out: Vec<(SocketAddr, Vec<u8>)>,
-    observed: HashMap<[u8; 32], IpAddr>,
+    observed: HashMap<[u8; 32], SocketAddr>,
     beacon_synced: HashMap<[u8; 32], Instant>,
     rng: StdRng,
     own: OwnInfo,
@@ -552,12 +552,28 @@ impl Membership {
         self.out.push((to, sealed));
     }
 
+    /// Where to send to member `id`: where its gossip was last seen coming
+    /// from (right behind NAT, and the only address there is for a node
+    /// that listens on every interface, `0.0.0.0`), else the gossip address
+    /// in its identity unless that is unspecified.
+    fn dest(&self, id: &MeshIdentity) -> Option<SocketAddr> {
+        self.observed
+            .get(&id.node)
+            .copied()
+            .or_else(|| (!id.addr.ip().is_unspecified()).then_some(id.addr))
+    }
+
     fn drain(&mut self, now: Now) {
         while let Some(n) = self.rt.to_notify() {
             self.on_notification(n, now);
         }
         while let Some((to, data)) = self.rt.to_send() {
-            self.push(to.addr, Kind::Gossip, Body::Foca(data.to_vec()), now);
+            match self.dest(&to) {
+                Some(addr) => self.push(addr, Kind::Gossip, Body::Foca(data.to_vec()), now),
+                // Nothing heard from it yet: foca's indirect probes reach it
+                // through members that have.
+                None => log::debug!("no address for {to:?} yet"),
+            }
         }
         while let Some((after, ev)) = self.rt.to_schedule() {
             self.timer_seq += 1;
@@ -572,7 +588,9 @@ impl Membership {
             OwnedNotification::MemberUp(id) => {
                 log::info!("member up: {id:?}");
                 if self.store.borrow().seq(&id.node).is_none() {
-                    self.push(id.addr, Kind::Gossip, Body::Want(vec![id.node]), now);
+                    if let Some(addr) = self.dest(&id) {
+                        self.push(addr, Kind::Gossip, Body::Want(vec![id.node]), now);
+                    }
                 }
             }
             OwnedNotification::MemberDown(id) => log::info!("member down: {id:?}"),
@@ -680,7 +698,7 @@ impl Membership {
             }
             (Kind::Beacon, _) => Err(Drop::Malformed),
             (Kind::Gossip, body) => {
-                self.observed.insert(from.node, src.ip());
+                self.observed.insert(from.node, src);
                 match body {
                     Body::Foca(data) => {
                         if let Err(e) = self.foca.handle_data(&data, &mut self.rt) {
@@ -816,11 +834,12 @@ impl Membership {
 
     /// Push-pull with one random live member, if there is one.
     pub fn sync_random(&mut self, now: Now) {
-        let pick = self
+        let reachable: Vec<SocketAddr> = self
             .foca
             .iter_members()
-            .map(|m| m.id().addr)
-            .choose(&mut self.rng);
+            .filter_map(|m| self.dest(m.id()))
+            .collect();
+        let pick = reachable.into_iter().choose(&mut self.rng);
         if let Some(addr) = pick {
             self.send_sync(addr, false, now);
         }
@@ -912,7 +931,7 @@ impl Membership {
                 };
                 let port = v.descriptor().endpoints.first().map(|e| e.port());
                 let observed_endpoint = match (self.observed.get(&node), port) {
-                    (Some(ip), Some(port)) => Some(SocketAddr::new(*ip, port)),
+                    (Some(src), Some(port)) => Some(SocketAddr::new(src.ip(), port)),
                     _ => None,
                 };
                 VerifiedMember {
@@ -938,11 +957,15 @@ mod tests {
     }
 
     fn node(i: u8, secret: u8, now: Now) -> Membership {
+        node_at(i, secret, format!("192.0.2.{i}:7946").parse().unwrap(), now)
+    }
+
+    fn node_at(i: u8, secret: u8, gossip: SocketAddr, now: Now) -> Membership {
         let key = SigningKey::from_bytes(&[i; 32]);
         Membership::new(
             token(secret),
             key,
-            format!("192.0.2.{i}:7946").parse().unwrap(),
+            gossip,
             OwnInfo {
                 wg_public_key: WgPublicKey::from_bytes([i; 32]).unwrap(),
                 endpoints: vec![format!("192.0.2.{i}:51821").parse().unwrap()],
@@ -960,6 +983,12 @@ mod tests {
     /// Deliver every datagram until the network is quiet; returns how many
     /// were delivered. `lost` nodes receive nothing.
     fn pump(nodes: &mut [Membership], now: Now) -> usize {
+        let wire: Vec<SocketAddr> = nodes.iter().map(|n| n.identity().addr).collect();
+        pump_on(nodes, &wire, now)
+    }
+
+    /// [`pump`] where node `i` sends from and is reached at `wire[i]`.
+    fn pump_on(nodes: &mut [Membership], wire: &[SocketAddr], now: Now) -> usize {
         let mut delivered = 0;
         for _ in 0..100 {
             let mut batch = Vec::new();
@@ -972,9 +1001,8 @@ mod tests {
                 return delivered;
             }
             for (from, to, d) in batch {
-                let src = nodes[from].identity().addr;
-                if let Some(n) = nodes.iter_mut().find(|n| n.identity().addr == to) {
-                    n.handle_datagram(src, &d, now);
+                if let Some(k) = wire.iter().position(|w| *w == to) {
+                    nodes[k].handle_datagram(wire[from], &d, now);
                     delivered += 1;
                 }
             }
@@ -1018,6 +1046,44 @@ mod tests {
             assert_eq!(n.liveness()[&gone], Liveness::Dead, "{n:?}");
             assert_eq!(n.active_members(), 2);
         }
+    }
+
+    /// Devices listen on every interface (`0.0.0.0`), so their identities
+    /// carry no address to reach them at: after a beacon, members are reached
+    /// where their packets come from, and stay alive.
+    #[test]
+    fn nodes_listening_on_every_interface_stay_members() {
+        let mut now = Now::real();
+        let any: SocketAddr = "0.0.0.0:7946".parse().unwrap();
+        let mut nodes: Vec<Membership> = (1..=3).map(|i| node_at(i, 1, any, now)).collect();
+        let wire: Vec<SocketAddr> = (1..=3)
+            .map(|i| format!("192.0.2.{i}:7946").parse().unwrap())
+            .collect();
+        for i in 1..3 {
+            let beacon = nodes[i].beacon(now);
+            nodes[0].handle_datagram(wire[i], &beacon, now);
+        }
+        for _ in 0..300 {
+            now = now.after(Duration::from_millis(100));
+            for n in nodes.iter_mut() {
+                n.handle_timers(now);
+            }
+            pump_on(&mut nodes, &wire, now);
+        }
+        for n in &nodes {
+            assert_eq!(n.active_members(), 2, "{n:?}");
+            assert!(n.members().iter().all(|m| m.liveness == Liveness::Alive));
+        }
+        // The observed address is also where WireGuard reaches the member.
+        let m = nodes[0]
+            .members()
+            .into_iter()
+            .find(|m| m.descriptor.node_id() == nodes[1].node_id())
+            .unwrap();
+        assert_eq!(
+            m.observed_endpoint,
+            Some("192.0.2.2:51821".parse().unwrap())
+        );
     }
 
     #[test]

@@ -196,17 +196,26 @@ pub fn host_addresses() -> Vec<(String, IpAddr, Option<Ipv4Addr>)> {
         .collect()
 }
 
+/// Whether a peer could reach this host at `ip`. IPv4 link-local addresses
+/// (169.254.0.0/16, what a device takes where no DHCP server answers) count:
+/// peers on the same link reach them, and nobody else needs them. IPv6
+/// link-local ones do not: they mean nothing without the sender's interface.
 fn usable(ip: &IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => !(v4.is_loopback() || v4.is_unspecified() || v4.is_link_local()),
+        IpAddr::V4(v4) => !(v4.is_loopback() || v4.is_unspecified()),
         IpAddr::V6(v6) => {
             !(v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80)
         }
     }
 }
 
+/// The broadcast address of the IPv4 link-local network.
+const LINK_LOCAL_BROADCAST: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 255);
+
 /// The WireGuard endpoints to advertise: each usable address of an
-/// interface other than the mesh's own, on `port`, IPv4 first, at most 16.
+/// interface other than the mesh's own, on `port`, IPv4 first, link-local
+/// ones last (a peer falls back to them only when nothing else is known), at
+/// most 16.
 pub fn advertised_endpoints(
     addrs: &[(String, IpAddr, Option<Ipv4Addr>)],
     mesh_iface: &str,
@@ -217,14 +226,15 @@ pub fn advertised_endpoints(
         .filter(|(name, ip, _)| name != mesh_iface && usable(ip))
         .map(|(_, ip, _)| SocketAddr::new(*ip, port))
         .collect();
-    out.sort_by_key(|a| (a.is_ipv6(), *a));
+    let link_local = |a: &SocketAddr| matches!(a.ip(), IpAddr::V4(v4) if v4.is_link_local());
+    out.sort_by_key(|a| (link_local(a), a.is_ipv6(), *a));
     out.dedup();
     out.truncate(16);
     out
 }
 
 /// Where LAN beacons go: the broadcast address of each IPv4 network this
-/// host is on, except the mesh's own, on `port`.
+/// host is on (the link-local one included), except the mesh's own, on `port`.
 pub fn beacon_targets(
     addrs: &[(String, IpAddr, Option<Ipv4Addr>)],
     mesh_iface: &str,
@@ -233,7 +243,14 @@ pub fn beacon_targets(
     let mut out: Vec<SocketAddr> = addrs
         .iter()
         .filter(|(name, ip, _)| name != mesh_iface && usable(ip))
-        .filter_map(|(_, _, b)| b.map(|b| SocketAddr::new(IpAddr::V4(b), port)))
+        .filter_map(|(_, ip, b)| {
+            let b = match (ip, b) {
+                (_, Some(b)) => *b,
+                (IpAddr::V4(v4), None) if v4.is_link_local() => LINK_LOCAL_BROADCAST,
+                _ => return None,
+            };
+            Some(SocketAddr::new(IpAddr::V4(b), port))
+        })
         .collect();
     out.sort();
     out.dedup();
@@ -709,6 +726,13 @@ mod tests {
             ),
             ("eth0".to_string(), "fe80::1".parse().unwrap(), None),
             ("eth0".to_string(), "2001:db8::4".parse().unwrap(), None),
+            // A link with no DHCP server: IPv4 link-local, with or without a broadcast address.
+            ("eth1".to_string(), "169.254.7.9".parse().unwrap(), None),
+            (
+                "eth2".to_string(),
+                "169.254.80.1".parse().unwrap(),
+                Some("169.254.255.255".parse().unwrap()),
+            ),
             (
                 "wgt0".to_string(),
                 "10.77.0.3".parse().unwrap(),
@@ -719,12 +743,17 @@ mod tests {
             advertised_endpoints(&addrs, "wgt0", 51821),
             vec![
                 "10.9.0.4:51821".parse::<SocketAddr>().unwrap(),
-                "[2001:db8::4]:51821".parse().unwrap()
+                "[2001:db8::4]:51821".parse().unwrap(),
+                "169.254.7.9:51821".parse().unwrap(),
+                "169.254.80.1:51821".parse().unwrap(),
             ]
         );
         assert_eq!(
             beacon_targets(&addrs, "wgt0", 51820),
-            vec!["10.9.0.255:51820".parse::<SocketAddr>().unwrap()]
+            vec![
+                "10.9.0.255:51820".parse::<SocketAddr>().unwrap(),
+                "169.254.255.255:51820".parse().unwrap()
+            ]
         );
         assert_eq!(default_wg_port(51820), 51821);
         assert_eq!(default_wg_port(65535), 65534);

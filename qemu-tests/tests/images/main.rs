@@ -4,5 +4,6 @@
 mod boot;
 mod build;
 mod infer;
+mod mesh;
 mod provision;
 mod update;
