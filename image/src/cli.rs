@@ -56,7 +56,7 @@ enum Command {
     /// The image is not modified: the VM writes to an overlay in the state
     /// directory. Leave the console with Ctrl-A X.
     #[command(
-        after_help = "Examples:\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt run out/basalt-appliance-0.1.0-arm64-uefi.img --until-ready"
+        after_help = "Examples:\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt run out/basalt-appliance-0.1.0-arm64-uefi.img --until-ready\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img --cloud-config node.yaml --forward 8080:8080\n  # three nodes on one virtual LAN, each in its own terminal:\n  basalt run IMAGE --state-dir vm1 --lan lab --cloud-config mesh.yaml\n  basalt run IMAGE --state-dir vm2 --lan lab --cloud-config mesh.yaml"
     )]
     Run {
         /// The disk image (.img or .qcow2) made by `basalt build`.
@@ -83,6 +83,16 @@ enum Command {
         /// (repeatable), such as 8080:8080 for the inference API.
         #[arg(long = "forward", value_name = "HOST:GUEST", value_parser = parse_forward)]
         forwards: Vec<(u16, u16)>,
+        /// Give the device this cloud-config on a NoCloud CIDATA volume (checked
+        /// first, as `basalt config validate` does). Its instance-id follows the
+        /// file's content, so an edited file is applied as a new instance.
+        #[arg(long, value_name = "FILE")]
+        cloud_config: Option<PathBuf>,
+        /// Add a second network card on the virtual LAN called NAME: every VM
+        /// started with the same NAME on this host shares it (no DHCP server
+        /// there: devices take link-local addresses and find each other's mesh).
+        #[arg(long, value_name = "NAME")]
+        lan: Option<String>,
     },
     #[command(flatten)]
     Bundles(BundleCommand),
@@ -252,6 +262,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             until_ready,
             timeout,
             forwards,
+            cloud_config,
+            lan,
         } => {
             let board_id = match board {
                 Some(b) => b,
@@ -266,6 +278,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .into_owned();
                 image.with_file_name(format!(".run-{stem}"))
             });
+            let mut extra_args = Vec::new();
+            if let Some(file) = &cloud_config {
+                let v = config_cmd::validate_file(file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                if !v.is_valid() {
+                    bail!("{}", v.human());
+                }
+                let text = std::fs::read_to_string(file)?;
+                std::fs::create_dir_all(&state_dir)
+                    .with_context(|| format!("creating {}", state_dir.display()))?;
+                let seed = state_dir.join("cidata.img");
+                let digest =
+                    hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())[..8]);
+                qemu::write_cidata(&seed, &text, &format!("instance-id: iid-{digest}\n"))?;
+                extra_args.extend(qemu::readonly_disk("cidata", &seed));
+            }
+            let lan = lan.map(|name| {
+                let _ = std::fs::create_dir_all(&state_dir);
+                qemu::Lan::named(&name, &state_dir)
+            });
             let cfg = qemu::VmConfig {
                 board,
                 image,
@@ -273,9 +305,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 disk_size: disk_size.map(|s| s.bytes()),
                 cpus: 2,
                 keep_state: keep,
-                extra_args: Vec::new(),
+                extra_args,
                 forwards,
-                lan: None,
+                lan,
             };
             if until_ready {
                 let mut vm = qemu::Vm::start(&cfg)?;

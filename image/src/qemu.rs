@@ -57,6 +57,21 @@ impl Lan {
         }
     }
 
+    /// The segment called `name` (every VM started with the same name
+    /// shares it), for the VM whose state lives in `state_dir`: the UDP port
+    /// comes from the name, the MAC address from the state directory.
+    pub fn named(name: &str, state_dir: &Path) -> Lan {
+        use sha2::{Digest, Sha256};
+        let n = Sha256::digest(name.as_bytes());
+        let port = 40000 + u16::from_be_bytes([n[0], n[1]]) % 20000;
+        let dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+        let m = Sha256::digest(dir.as_os_str().as_encoded_bytes());
+        Lan {
+            group: SocketAddrV4::new(Ipv4Addr::new(239, 255, 66, 1), port),
+            mac: [0x52, 0x54, 0x00, m[0], m[1], m[2]],
+        }
+    }
+
     /// This VM's MAC address, written the usual way.
     pub fn mac_string(&self) -> String {
         self.mac
@@ -151,6 +166,51 @@ pub fn command(cfg: &VmConfig, disk: &Path, vars: &Path) -> Command {
         .args(["-serial", "mon:stdio"])
         .args(&cfg.extra_args);
     c
+}
+
+/// Writes a NoCloud seed volume at `path`: a FAT file system labelled
+/// `CIDATA` holding `user-data` and `meta-data`, what cloud-init (and the
+/// basalt agent) look for on a second disk.
+pub fn write_cidata(path: &Path, user_data: &str, meta_data: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.set_len(8 << 20)
+        .with_context(|| format!("sizing {}", path.display()))?;
+    fatfs::format_volume(
+        &mut f,
+        fatfs::FormatVolumeOptions::new().volume_label(*b"CIDATA     "),
+    )
+    .with_context(|| format!("formatting {}", path.display()))?;
+    let fs = fatfs::FileSystem::new(&mut f, fatfs::FsOptions::new())
+        .with_context(|| format!("opening {}", path.display()))?;
+    for (name, text) in [("user-data", user_data), ("meta-data", meta_data)] {
+        let mut file = fs
+            .root_dir()
+            .create_file(name)
+            .with_context(|| format!("{name} in {}", path.display()))?;
+        file.truncate()?;
+        file.write_all(text.as_bytes())
+            .with_context(|| format!("writing {name} in {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// QEMU arguments that attach `image` as a read-only virtio disk.
+pub fn readonly_disk(id: &str, image: &Path) -> Vec<String> {
+    vec![
+        "-drive".into(),
+        format!(
+            "if=none,id={id},format=raw,readonly=on,file={}",
+            image.display()
+        ),
+        "-device".into(),
+        format!("virtio-blk-pci,drive={id}"),
+    ]
 }
 
 /// Creates the overlay and variable store unless kept from an earlier boot.
@@ -465,6 +525,36 @@ mod tests {
             super::without_kernel_lines(out),
             "13796d7b\n[not a stamp] kept\n"
         );
+    }
+
+    #[test]
+    fn a_named_lan_is_shared_by_name_and_told_apart_by_state_directory() {
+        let a = super::Lan::named("lab", std::path::Path::new("/tmp/vm-a"));
+        let b = super::Lan::named("lab", std::path::Path::new("/tmp/vm-b"));
+        let other = super::Lan::named("office", std::path::Path::new("/tmp/vm-a"));
+        assert_eq!(a.group, b.group);
+        assert_ne!(a.mac, b.mac);
+        assert_ne!(a.group, other.group);
+        assert!((40000..60000).contains(&a.group.port()));
+        assert_eq!(a.mac[..3], [0x52, 0x54, 0x00]);
+    }
+
+    #[test]
+    fn a_cidata_volume_holds_user_and_meta_data() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cidata.img");
+        super::write_cidata(&p, "#cloud-config\nhostname: a\n", "instance-id: i-1\n").unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new()).unwrap();
+        assert_eq!(fs.volume_label(), "CIDATA");
+        let mut text = String::new();
+        fs.root_dir()
+            .open_file("user-data")
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "#cloud-config\nhostname: a\n");
     }
 
     #[test]

@@ -146,38 +146,13 @@ pub fn debug_image(board: BoardId) -> Built {
 
 /// A NoCloud volume: a FAT file system labelled `CIDATA` holding `user-data` and `meta-data`.
 pub fn cidata_image(path: &Path, user_data: &str, meta_data: &str) {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .expect("cidata image");
-    f.set_len(8 << 20).expect("cidata size");
-    fatfs::format_volume(
-        &mut f,
-        fatfs::FormatVolumeOptions::new().volume_label(*b"CIDATA     "),
-    )
-    .expect("format");
-    let fs = fatfs::FileSystem::new(&mut f, fatfs::FsOptions::new()).expect("fat");
-    for (name, text) in [("user-data", user_data), ("meta-data", meta_data)] {
-        let mut file = fs.root_dir().create_file(name).expect("create");
-        file.write_all(text.as_bytes()).expect("write");
-    }
+    basalt::qemu::write_cidata(path, user_data, meta_data)
+        .unwrap_or_else(|e| panic!("cidata image: {e:#}"));
 }
 
 /// QEMU arguments that attach `image` as a read-only virtio disk.
 pub fn extra_disk(id: &str, image: &Path) -> Vec<String> {
-    vec![
-        "-drive".into(),
-        format!(
-            "if=none,id={id},format=raw,readonly=on,file={}",
-            image.display()
-        ),
-        "-device".into(),
-        format!("virtio-blk-pci,drive={id}"),
-    ]
+    basalt::qemu::readonly_disk(id, image)
 }
 
 /// A VM for `image` with its state in `work_dir()/vms/<name>`.
