@@ -1,5 +1,6 @@
 //! Reading the cloud-config sources on the device, in their documented order.
 
+use basalt_formats::cloud_config::{parse_include, NoCloudMetaData};
 use log::info;
 use nix::mount::{mount, umount, MsFlags};
 use serde::{Deserialize, Serialize};
@@ -123,6 +124,24 @@ pub fn read_all(paths: &Paths) -> (Vec<SourceText>, Vec<String>) {
                     }
                 }
                 let _ = umount(&paths.cidata_mount);
+                // NoCloud's `seedfrom`: the user-data lives at a URL.
+                let seed = found
+                    .iter()
+                    .rev()
+                    .find(|s| s.kind == Kind::MetaData)
+                    .and_then(|s| NoCloudMetaData::parse(&s.name, &s.text).ok())
+                    .and_then(|m| m.seedfrom);
+                if let Some(seed) = seed {
+                    let url = format!("{}user-data", seed.as_str());
+                    match fetch_url(&url, paths) {
+                        Ok(text) => found.push(SourceText {
+                            kind: Kind::NoCloudUserData,
+                            name: format!("{url} (seedfrom in CIDATA:meta-data)"),
+                            text,
+                        }),
+                        Err(e) => errors.push(format!("CIDATA:meta-data seedfrom: {e}")),
+                    }
+                }
             }
             Err(e) => errors.push(format!("CIDATA volume {}: {e}", dev.display())),
         }
@@ -155,6 +174,10 @@ pub fn read_all(paths: &Paths) -> (Vec<SourceText>, Vec<String>) {
         },
         Err(e) => errors.push(format!("{}: {e}", paths.cmdline.display())),
     }
+    // An empty document says nothing (cloud-init reads it so too): NoCloud
+    // seeds often carry an empty user-data beside `seedfrom`.
+    found.retain(|s| !s.text.trim().is_empty());
+    let found = expand_includes(found, &mut errors, |url| fetch_url(url, paths));
     info!(
         "cloud-config sources: {}",
         if found.is_empty() {
@@ -168,6 +191,46 @@ pub fn read_all(paths: &Paths) -> (Vec<SourceText>, Vec<String>) {
         }
     );
     (found, errors)
+}
+
+/// Replaces each `#include` document by the documents at its URLs, in
+/// order and with its precedence. A URL that cannot be fetched is an error
+/// naming the including source; the others still count. An `#include` in an
+/// included document is not followed (so includes cannot loop).
+pub fn expand_includes(
+    found: Vec<SourceText>,
+    errors: &mut Vec<String>,
+    fetch: impl Fn(&str) -> Result<String, String>,
+) -> Vec<SourceText> {
+    let mut out = Vec::new();
+    for src in found {
+        let urls = match parse_include(&src.name, &src.text) {
+            None => {
+                out.push(src);
+                continue;
+            }
+            Some(Err(e)) => {
+                errors.push(e.to_string());
+                continue;
+            }
+            Some(Ok(urls)) => urls,
+        };
+        for url in urls {
+            let name = format!("{} (#include in {})", url.as_str(), src.name);
+            match fetch(url.as_str()) {
+                Ok(text) if parse_include(&name, &text).is_some() => errors.push(format!(
+                    "{name}: is itself an #include document; includes are followed one level deep"
+                )),
+                Ok(text) => out.push(SourceText {
+                    kind: src.kind,
+                    name,
+                    text,
+                }),
+                Err(e) => errors.push(format!("{name}: {e}")),
+            }
+        }
+    }
+    out
 }
 
 /// Fetches a cloud-config document, asking again for up to

@@ -308,3 +308,71 @@ fn an_unreachable_or_bad_config_url_is_one_error_and_the_rest_applies() {
     );
     assert_eq!(h.calls[..2], ["hostname factory", "timezone UTC"]);
 }
+
+#[test]
+fn an_include_document_is_replaced_by_the_documents_it_names() {
+    use crate::fetch::test_server::{Behaviour, TestServer};
+    let server = TestServer::start();
+    server.route(
+        "/site.yaml",
+        "#cloud-config\nhostname: from-include\n",
+        Behaviour::Serve,
+    );
+    server.route("/gone.yaml", "", Behaviour::Status(404));
+    server.route(
+        "/loop.yaml",
+        "#include\nhttp://127.0.0.1:1/x\n",
+        Behaviour::Serve,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = url_paths(dir.path(), "quiet\n");
+    let boot = dir.path().join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    paths.boot_partition = boot.clone();
+    let (site, gone, looped) = (
+        server.url("/site.yaml"),
+        server.url("/gone.yaml"),
+        server.url("/loop.yaml"),
+    );
+    std::fs::write(
+        boot.join("user-data"),
+        format!("#include\n# what the site gives every device\n{site}\n{gone}\n{looped}\n"),
+    )
+    .unwrap();
+    let (found, errors) = sources::read_all(&paths);
+    let including = boot.join("user-data").display().to_string();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(
+        errors[0],
+        format!("{gone} (#include in {including}): {gone}: the server answered HTTP 404 Not Found")
+    );
+    assert!(
+        errors[1].contains("is itself an #include document"),
+        "{errors:?}"
+    );
+    // The included document takes the boot partition's place: after the
+    // image default, so its hostname wins.
+    assert_eq!(found.len(), 2);
+    assert_eq!(found[1].kind, sources::Kind::BootPartition);
+    assert_eq!(found[1].name, format!("{site} (#include in {including})"));
+    let mut h = Fake::default();
+    let st = provision(found, errors, &dir.path().join("state"), &mut h);
+    assert_eq!(h.calls[..2], ["hostname from-include", "timezone UTC"]);
+    assert_eq!(st.errors.len(), 2, "{:?}", st.errors);
+
+    // An empty document counts as none.
+    std::fs::write(boot.join("user-data"), "\n  \n").unwrap();
+    let (found, errors) = sources::read_all(&paths);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(found.len(), 1, "only the image default");
+
+    // A malformed include list is one error naming the line.
+    std::fs::write(boot.join("user-data"), "#include\nfile:///etc/passwd\n").unwrap();
+    let (found, errors) = sources::read_all(&paths);
+    assert_eq!(found.len(), 1);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains(&including) && errors[0].contains("#include line 2"),
+        "{errors:?}"
+    );
+}

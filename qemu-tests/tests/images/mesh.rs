@@ -4,6 +4,8 @@
 //! find each other by LAN beacons, bring up the kernel's WireGuard and reach
 //! each other's mesh addresses. On that mesh:
 //!
+//! Nodes 1 and 2 get their cloud-config over HTTP (`#include`, `seedfrom`).
+//!
 //! - a request to node 1 for a model only node 2 serves is answered by
 //!   node 2 (and equals tract's answer on the host);
 //! - node 3, rebooted with a broken cloud-config, keeps its last good
@@ -149,12 +151,24 @@ fn x86_64_three_nodes_form_the_mesh_route_inference_and_survive_a_bad_config() {
         if n == 1 {
             cfg.forwards = vec![(api_port, 8080)];
         }
+        let mut meta_data = format!("instance-id: iid-mesh-{n}\nlocal-hostname: mesh-{n}\n");
+        // The documents come to nodes 1 and 2 over HTTP, as a site's
+        // provisioning server would hand them out: through cloud-init's
+        // `#include` (node 1) and NoCloud's `seedfrom` (node 2).
+        match n {
+            1 => {
+                let port = serve_bytes(user_data.into_bytes());
+                user_data = format!("#include\nhttp://10.0.2.2:{port}/mesh-1.yaml\n");
+            }
+            2 => {
+                let port = serve_bytes(user_data.into_bytes());
+                meta_data.push_str(&format!("seedfrom: http://10.0.2.2:{port}/mesh-2/\n"));
+                user_data = String::new();
+            }
+            _ => {}
+        }
         let cidata = cfg.state_dir.join("cidata.img");
-        cidata_image(
-            &cidata,
-            &user_data,
-            &format!("instance-id: iid-mesh-{n}\nlocal-hostname: mesh-{n}\n"),
-        );
+        cidata_image(&cidata, &user_data, &meta_data);
         cfg.extra_args = extra_disk("cidata", &cidata);
         vms.push(Vm::start(&cfg).unwrap_or_else(|e| panic!("starting node {n}: {e:#}")));
         configs.push(cfg);

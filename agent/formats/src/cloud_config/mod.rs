@@ -37,7 +37,8 @@ mod tests;
 
 pub use merge::{merge, Merged, Provenance, SourceKind, SourceRef};
 pub use sources::{
-    instance_id, parse_kernel_cmdline, InstanceId, KernelCmdlineSource, NoCloudMetaData,
+    instance_id, parse_include, parse_kernel_cmdline, InstanceId, KernelCmdlineSource,
+    NoCloudMetaData, MAX_INCLUDES,
 };
 pub use value::{
     Alias, Ed25519PublicKey, Hostname, HttpUrl, MeshToken, ModelName, PasswordHash, SshPublicKey,

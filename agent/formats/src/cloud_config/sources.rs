@@ -1,5 +1,6 @@
 //! Reading the sources that are not plain documents: the kernel command
-//! line and NoCloud `meta-data`; and the instance id run-once steps use.
+//! line, NoCloud `meta-data` (with `seedfrom`) and cloud-init's `#include`
+//! documents; and the instance id run-once steps use.
 
 use super::value::{Hostname, HttpUrl, ValueError};
 use super::{CloudConfig, CloudConfigError};
@@ -117,6 +118,50 @@ impl FromStr for InstanceId {
     }
 }
 
+/// Most URLs one `#include` document may name.
+pub const MAX_INCLUDES: usize = 8;
+
+/// cloud-init's `#include` user-data: instead of a configuration, a list of
+/// URLs whose documents take its place, in order. `None` when `text` is not
+/// one (it does not start with a line `#include`); otherwise the URLs (one a
+/// line; blank lines and `#` comments skipped) or an error naming the line.
+pub fn parse_include(
+    source_name: &str,
+    text: &str,
+) -> Option<Result<Vec<HttpUrl>, CloudConfigError>> {
+    let mut lines = text.lines().enumerate();
+    let (_, first) = lines.next()?;
+    if first.trim_end() != "#include" {
+        return None;
+    }
+    let invalid = |line: usize, reason: String| CloudConfigError::Invalid {
+        source_name: source_name.to_string(),
+        field: format!("#include line {line}"),
+        reason,
+    };
+    let mut urls = Vec::new();
+    for (i, line) in lines {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.parse::<HttpUrl>() {
+            Ok(u) => urls.push(u),
+            Err(e) => return Some(Err(invalid(i + 1, e.0))),
+        }
+    }
+    if urls.is_empty() {
+        return Some(Err(invalid(1, "names no URL".to_string())));
+    }
+    if urls.len() > MAX_INCLUDES {
+        return Some(Err(invalid(
+            1,
+            format!("names {} URLs; at most {MAX_INCLUDES}", urls.len()),
+        )));
+    }
+    Some(Ok(urls))
+}
+
 /// The instance id: NoCloud's `instance-id` when the meta-data has one,
 /// else `sha256-` and the SHA-256 of the merged config serialised as JSON.
 ///
@@ -137,6 +182,9 @@ pub struct NoCloudMetaData {
     pub instance_id: Option<InstanceId>,
     /// `local-hostname`: the host name unless a cloud-config sets one.
     pub local_hostname: Option<Hostname>,
+    /// `seedfrom`: a URL prefix to fetch `user-data` (and nothing else)
+    /// from, as cloud-init's NoCloud does: `<seedfrom>user-data`.
+    pub seedfrom: Option<HttpUrl>,
     /// Other keys found (cloud-init knows more, such as `network-interfaces`);
     /// basalt does not use them and the agent may log them.
     pub ignored_keys: Vec<String>,
@@ -164,6 +212,7 @@ impl NoCloudMetaData {
                 "local-hostname" => {
                     out.local_hostname = Some(value.parse().map_err(|e| err("local-hostname", e))?)
                 }
+                "seedfrom" => out.seedfrom = Some(value.parse().map_err(|e| err("seedfrom", e))?),
                 _ => out.ignored_keys.push(key),
             }
         }
@@ -243,6 +292,65 @@ fn line_pairs(source_name: &str, text: &str) -> Result<Vec<(String, String)>, Cl
 mod tests {
     use super::*;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+
+    #[test]
+    fn include_documents() {
+        assert!(parse_include("u", "#cloud-config\nhostname: a\n").is_none());
+        assert!(parse_include("u", "").is_none());
+        let urls = parse_include(
+            "CIDATA:user-data",
+            "#include\n# the site's config\nhttps://cfg.example/site.yaml\n\n  http://10.0.2.2:8000/node.yaml\n",
+        )
+        .unwrap()
+        .unwrap();
+        let urls: Vec<&str> = urls.iter().map(|u| u.as_str()).collect();
+        assert_eq!(
+            urls,
+            [
+                "https://cfg.example/site.yaml",
+                "http://10.0.2.2:8000/node.yaml"
+            ]
+        );
+        let e = parse_include(
+            "CIDATA:user-data",
+            "#include\nhttps://ok.example/a\nftp://x/y\n",
+        )
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("CIDATA:user-data") && e.contains("#include line 3"),
+            "{e}"
+        );
+        let e = parse_include("u", "#include\n\n")
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("names no URL"), "{e}");
+        let many: String = (0..9).map(|i| format!("https://h.example/{i}\n")).collect();
+        let e = parse_include("u", &format!("#include\n{many}"))
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 8"), "{e}");
+    }
+
+    #[test]
+    fn meta_data_seedfrom() {
+        let m = NoCloudMetaData::parse(
+            "CIDATA:meta-data",
+            "instance-id: i-1\nseedfrom: http://10.0.2.2:8000/seed/\n",
+        )
+        .unwrap();
+        assert_eq!(m.seedfrom.unwrap().as_str(), "http://10.0.2.2:8000/seed/");
+        let e = NoCloudMetaData::parse("CIDATA:meta-data", "seedfrom: file:///x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("CIDATA:meta-data") && e.contains("seedfrom"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn cmdline_document_and_url() {
