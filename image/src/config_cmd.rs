@@ -15,6 +15,8 @@ pub struct Validation {
     pub source_name: String,
     /// The checked config, or the first rule it breaks.
     pub result: Result<CloudConfig, CloudConfigError>,
+    /// For an `#include` document, the URLs it names (checked, not fetched).
+    pub includes: Vec<String>,
 }
 
 /// Reads and checks the cloud-config at `path`. Only a file that cannot be
@@ -26,9 +28,18 @@ pub fn validate_file(path: &Path) -> std::io::Result<Validation> {
 
 /// Checks a document already in memory.
 pub fn validate_text(source_name: &str, text: &str) -> Validation {
+    let (result, includes) = match basalt_formats::cloud_config::parse_include(source_name, text) {
+        None => (CloudConfig::parse(source_name, text), Vec::new()),
+        Some(Ok(urls)) => (
+            Ok(CloudConfig::default()),
+            urls.iter().map(|u| u.as_str().to_string()).collect(),
+        ),
+        Some(Err(e)) => (Err(e), Vec::new()),
+    };
     Validation {
         source_name: source_name.to_string(),
-        result: CloudConfig::parse(source_name, text),
+        result,
+        includes,
     }
 }
 
@@ -47,6 +58,12 @@ impl Validation {
     pub fn human(&self) -> String {
         match &self.result {
             Err(e) => e.to_string(),
+            Ok(_) if !self.includes.is_empty() => format!(
+                "{}: valid #include of {} (not fetched here; the device checks each): {}",
+                self.source_name,
+                count(self.includes.len(), "URL", "URLs"),
+                self.includes.join(", ")
+            ),
             Ok(c) => {
                 let mut parts = Vec::new();
                 if let Some(h) = &c.hostname {
@@ -83,6 +100,7 @@ impl Validation {
                 bootcmd: c.bootcmd.len(),
                 runcmd: c.runcmd.len(),
                 basalt: c.basalt.as_ref().map(|b| b.keys_set()),
+                include: self.includes.iter().map(String::as_str).collect(),
             }),
             Err(e) => serde_json::to_string(&InvalidJson {
                 valid: false,
@@ -112,6 +130,9 @@ struct ValidJson<'a> {
     runcmd: usize,
     /// The basalt keys set, or null without a basalt section.
     basalt: Option<Vec<&'static str>>,
+    /// The URLs of an `#include` document.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    include: Vec<&'a str>,
 }
 
 /// `--json` output of an invalid document.
@@ -137,6 +158,32 @@ mod tests {
 
     fn parsed(v: &Validation) -> Value {
         serde_json::from_str(&v.json()).unwrap()
+    }
+
+    #[test]
+    fn include_documents_are_checked_not_fetched() {
+        let v = validate_text(
+            "seed/user-data",
+            "#include\nhttps://provision.example.com/site.yaml\n",
+        );
+        assert!(v.is_valid());
+        assert_eq!(
+            v.human(),
+            "seed/user-data: valid #include of 1 URL (not fetched here; the device checks each): https://provision.example.com/site.yaml"
+        );
+        assert_eq!(
+            parsed(&v)["include"],
+            json!(["https://provision.example.com/site.yaml"])
+        );
+        let v = validate_text(
+            "seed/user-data",
+            "#include\nprovision.example.com/site.yaml\n",
+        );
+        assert!(!v.is_valid());
+        assert_eq!(parsed(&v)["error"]["field"], "#include line 2");
+        assert!(parsed(&validate_text("a", "#cloud-config\n"))
+            .get("include")
+            .is_none());
     }
 
     #[test]
