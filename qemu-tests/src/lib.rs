@@ -212,3 +212,24 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// A Raspberry Pi under QEMU (`-M raspi4b`) for `image`, its SD card and
+/// firmware state in `work_dir()/vms/<name>`.
+pub fn pi_machine(board: BoardId, image: &Path, name: &str) -> basalt::pi_launch::PiMachine {
+    basalt::pi_launch::PiMachine::prepare(&vm_config(board, image, name))
+        .unwrap_or_else(|e| panic!("preparing the Pi's SD card: {e:#}"))
+}
+
+/// Powers the Pi on and waits for the ready line; returns the VM, what the
+/// emulated firmware chose and the ready line.
+pub fn pi_boot_to_ready(
+    pi: &basalt::pi_launch::PiMachine,
+) -> (Vm, basalt::pi_launch::FirmwareChoice, String) {
+    let (mut vm, choice) = pi
+        .power_on()
+        .unwrap_or_else(|e| panic!("powering the Pi on: {e:#}"));
+    let line = vm
+        .wait_for(READY, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    (vm, choice, line)
+}

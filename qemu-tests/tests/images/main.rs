@@ -4,5 +4,6 @@
 mod boot;
 mod build;
 mod infer;
+mod pi;
 mod provision;
 mod update;
