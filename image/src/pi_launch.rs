@@ -362,6 +362,61 @@ impl PiMachine {
         Ok((vm, choice))
     }
 
+    /// `basalt run`: boots with the console on this terminal, and powers the
+    /// Pi on again after each guest restart (with the tryboot flag when the
+    /// restart asked for it), until the guest powers off or QEMU is left
+    /// (Ctrl-A X).
+    pub fn run_interactive(&self) -> Result<()> {
+        loop {
+            let choice = self.firmware()?;
+            eprintln!(
+                "firmware: booting partition {}{}",
+                choice.partition,
+                if choice.tryboot { " (tryboot)" } else { "" }
+            );
+            let log = self.cfg.state_dir.join("console-boot.log");
+            let _ = std::fs::remove_file(&log);
+            let mut c = self.command(&choice);
+            // The same console, also written to a file the launcher reads after the boot.
+            let args: Vec<std::ffi::OsString> = c.get_args().map(|a| a.to_owned()).collect();
+            let mut c2 = Command::new(c.get_program());
+            let mut skip = 0;
+            for a in &args {
+                if skip > 0 {
+                    skip -= 1;
+                    continue;
+                }
+                if a == "-serial" || a == "-monitor" {
+                    skip = 1;
+                    continue;
+                }
+                c2.arg(a);
+            }
+            c2.arg("-chardev")
+                .arg(format!(
+                    "stdio,id=console,mux=on,signal=off,logfile={}",
+                    log.display()
+                ))
+                .args(["-serial", "null", "-serial", "chardev:console"])
+                .args(["-mon", "chardev=console"]);
+            c = c2;
+            let status = c.status().context("starting QEMU")?;
+            if !status.success() {
+                bail!("QEMU exited with {status}");
+            }
+            let console = std::fs::read_to_string(&log).unwrap_or_default();
+            let restarted = console
+                .lines()
+                .rev()
+                .find(|l| l.contains("reboot: "))
+                .is_some_and(|l| l.contains("Restarting system"));
+            if !restarted {
+                return Ok(());
+            }
+            self.after_exit(&console)?;
+        }
+    }
+
     /// After QEMU ended by itself: sets the flag when the guest restarted
     /// with `tryboot` (`console` is that boot's console).
     pub fn after_exit(&self, console: &str) -> Result<bool> {

@@ -802,7 +802,7 @@ fn compress_xz(src: &Path, dst: &Path, mut progress: impl FnMut(u64)) -> Result<
     let out = std::fs::File::create(dst)?;
     // xz's own command: multi-threaded, and what rpi-imager reads.
     let mut child = Command::new("xz")
-        .args(["-6", "-T2", "--check=crc64", "-c"])
+        .args(["-2", "-T2", "--check=crc64", "-c"])
         .stdin(std::process::Stdio::piped())
         .stdout(out)
         .spawn()
