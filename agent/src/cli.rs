@@ -697,6 +697,9 @@ fn run_update(cmd: UpdateCommand) -> anyhow::Result<()> {
         UpdateCommand::Status { json } => {
             let r = update::status(&device).map_err(fail)?;
             let mut human = format!("running slot {} ({})\n", r.running_slot, r.running_version);
+            if let Some(t) = &r.tryboot {
+                human += &format!("tryboot: {t}\n");
+            }
             for e in &r.entries {
                 human += &format!("entry {} ({:?})\n", e.file, e.assessment);
             }

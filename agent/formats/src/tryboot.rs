@@ -208,10 +208,9 @@ pub fn state(fw: FirmwareBoot, autoboot: &Result<Autoboot, AutobootError>) -> Tr
             if a.trial() == slot {
                 TrybootState::Trial { slot }
             } else {
-                TrybootState::Mismatch {
-                    running: slot,
-                    committed: a.committed,
-                }
+                // The trial was committed since this boot started: the file
+                // names the running slot as the committed one now.
+                TrybootState::Committed { slot }
             }
         }
         (Ok(a), Some(slot)) if a.committed == slot => TrybootState::Committed { slot },
@@ -326,12 +325,14 @@ mod tests {
             commit(&t),
             CommitAction::Write(Autoboot { committed: Slot::B }.render())
         );
-        // After the commit, until the next reboot, the trial still reports tryboot.
+        // After the commit, until the next reboot, the firmware still reports
+        // tryboot: the slot counts as committed, and committing again does nothing.
         let b = Ok(Autoboot { committed: Slot::B });
-        assert!(matches!(
+        assert_eq!(
             state(fw(true, 3), &b),
-            TrybootState::Mismatch { .. }
-        ));
+            TrybootState::Committed { slot: Slot::B }
+        );
+        assert_eq!(commit(&state(fw(true, 3), &b)), CommitAction::Nothing);
         // A normal boot of the uncommitted slot is not committed behind the operator's back.
         let m = state(fw(false, 3), &a);
         assert!(matches!(commit(&m), CommitAction::Refuse(_)), "{m:?}");

@@ -69,7 +69,10 @@ fn rpi4_tryboot_a_b() {
     assert_eq!(chosen(&mut vm, "partition"), 2);
     assert_eq!(chosen(&mut vm, "tryboot"), 0);
     let status = vm.run_ok("basalt-agent update status", CMD).unwrap();
-    assert!(status.contains("Committed { slot: A }"), "{status}");
+    assert!(
+        status.contains("tryboot: Committed { slot: A }"),
+        "{status}"
+    );
     eprintln!("slot A up after {} s", started.elapsed().as_secs());
 
     // 2. A trial of slot B that fails its health check: B's cmdline.txt
@@ -120,7 +123,7 @@ fn rpi4_tryboot_a_b() {
     let deadline = Instant::now() + BOOT_TIMEOUT;
     loop {
         let s = vm.run_ok("basalt-agent update status", CMD).unwrap();
-        if s.contains("Mismatch") {
+        if s.contains("tryboot: Committed { slot: B }") {
             break;
         }
         assert!(
