@@ -52,6 +52,7 @@ fn tail(s: &str) -> String {
 }
 
 #[test]
+#[ignore = "under QEMU 10 -M raspi4b, Debian's 6.1 kernel started by the launcher reaches the basalt initrd, but CPU 0 then stalls (soft lockup) and no SD card appears, so the slots are never reached; see README, Raspberry Pi, Under QEMU"]
 fn rpi4_tryboot_a_b() {
     if qemu_opted_out() {
         eprintln!("BASALT_SKIP_QEMU=1: not booting");
