@@ -68,6 +68,8 @@ packages=(
     # file system images and partition tables, all in user space
     squashfs-tools erofs-utils e2fsprogs dosfstools mtools fdisk
     zstd xz-utils bmap-tools cpio kmod
+    # the Raspberry Pi launcher sets /chosen/bootloader in the device tree
+    device-tree-compiler
     # boot loaders and firmware for the image and for QEMU
     systemd-boot-efi ovmf qemu-efi-aarch64
     # cross-compiling the agent for arm64

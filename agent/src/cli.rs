@@ -636,6 +636,20 @@ fn run_update(cmd: UpdateCommand) -> anyhow::Result<()> {
                 ),
             );
         }
+        UpdateCommand::Apply { reboot, json } if device.tryboot.is_some() => {
+            let slot = update::apply(&device).map_err(fail)?;
+            if !reboot {
+                anyhow::bail!(
+                    "on a Raspberry Pi the reboot itself arms the trial of slot {slot}: run `basalt-agent update apply --reboot`"
+                );
+            }
+            print(
+                json,
+                &serde_json::json!({ "armed_slot": slot, "tryboot": true }),
+                format!("rebooting into a trial of slot {slot} (tryboot)"),
+            );
+            update::tryboot::reboot_into_trial().map_err(anyhow::Error::msg)?;
+        }
         UpdateCommand::Apply { reboot, json } => {
             let slot = update::apply(&device).map_err(fail)?;
             print(
@@ -683,6 +697,9 @@ fn run_update(cmd: UpdateCommand) -> anyhow::Result<()> {
         UpdateCommand::Status { json } => {
             let r = update::status(&device).map_err(fail)?;
             let mut human = format!("running slot {} ({})\n", r.running_slot, r.running_version);
+            if let Some(t) = &r.tryboot {
+                human += &format!("tryboot: {t}\n");
+            }
             for e in &r.entries {
                 human += &format!("entry {} ({:?})\n", e.file, e.assessment);
             }
@@ -722,6 +739,52 @@ fn run_update(cmd: UpdateCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Raspberry Pi's part of the health decision: a good trial is
+/// committed in `autoboot.txt`; a failed one reboots, and the firmware
+/// (whose tryboot flag is spent) starts the committed slot.
+fn pi_health(t: &crate::update::tryboot::Tryboot, ok: bool, no_reboot: bool) -> ExitCode {
+    use basalt_formats::tryboot::TrybootState;
+    let state = match t.state() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("tryboot: {e}");
+            return if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+    };
+    if let TrybootState::Corrupt { error, .. } = &state {
+        log::error!("autoboot.txt is corrupt, left as it is: {error}");
+    }
+    match (ok, &state) {
+        (true, TrybootState::Trial { slot }) => match t.commit() {
+            Ok(_) => {
+                log::info!(
+                    "trial of slot {slot} passed its health checks: committed in autoboot.txt"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                log::error!("committing slot {slot}: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        (true, _) => ExitCode::SUCCESS,
+        (false, TrybootState::Trial { slot }) => {
+            if !no_reboot {
+                log::error!("the trial of slot {slot} failed its health checks: rebooting into the committed slot {}", slot.other());
+                let _ = std::process::Command::new("systemctl")
+                    .args(["reboot", "--no-block"])
+                    .status();
+            }
+            ExitCode::FAILURE
+        }
+        (false, _) => ExitCode::FAILURE,
+    }
+}
+
 fn run_health(json: bool, no_reboot: bool) -> ExitCode {
     use crate::update::health;
     let checks = crate::provision::current_config(Path::new(crate::provision::STATE_DIR))
@@ -751,12 +814,15 @@ fn run_health(json: bool, no_reboot: bool) -> ExitCode {
         })
         .collect();
     print(json, &outcomes, human.join("\n"));
+    let device = crate::update::Device::open().ok();
+    if let Some(t) = device.as_ref().and_then(|d| d.tryboot.as_ref()) {
+        return pi_health(t, ok, no_reboot);
+    }
     if ok {
         return ExitCode::SUCCESS;
     }
     // On a trial boot, a failed check must cost a try: reboot and let the boot loader count it.
-    let trial = crate::update::Device::open()
-        .ok()
+    let trial = device
         .and_then(|d| d.esp.entry(d.boot.slot).ok().flatten())
         .is_some_and(|e| e.counter.is_some());
     if trial && !no_reboot {

@@ -4,9 +4,16 @@
 //! Discovery reads the GPT of every disk (not udev, which the initrd does not
 //! run) and picks the disk the boot loader booted from: the one whose ESP's
 //! unique GUID systemd-boot published as `LoaderDevicePartUUID`.
+//!
+//! Raspberry Pi images have an MBR, which names no partition: a disk whose
+//! MBR has basalt's Pi layout (FAT 1-3, extended 4, Linux 5-7) gets the
+//! layout's labels by partition number (`autoboot`, `boot-a`, `boot-b`,
+//! `root-a`, `root-b`, `data`), and each partition the identifier
+//! `<disk id>-<number>` in place of a GUID.
 
+use basalt_formats::board::PartitionTable;
 use basalt_formats::boot::DataGrowth;
-use basalt_formats::layout::{self, LABEL_DATA, LABEL_ESP};
+use basalt_formats::layout::{self, LABEL_AUTOBOOT, LABEL_DATA, LABEL_ESP};
 use basalt_formats::Slot;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -33,6 +40,7 @@ pub struct DiskInfo {
     pub name: String,
     pub dev_path: PathBuf,
     pub size_sectors: u64,
+    pub table: PartitionTable,
     pub partitions: Vec<PartInfo>,
 }
 
@@ -97,7 +105,10 @@ pub fn choose_boot_disk(
     let complete = |d: &DiskInfo| -> Option<BootDisk> {
         Some(BootDisk {
             disk: d.clone(),
-            esp: d.part(LABEL_ESP)?.clone(),
+            esp: d
+                .part(LABEL_ESP)
+                .or_else(|| d.part(LABEL_AUTOBOOT))?
+                .clone(),
             root: d.part(&root_label)?.clone(),
             data: d.part(LABEL_DATA)?.clone(),
         })
@@ -195,10 +206,6 @@ fn read_disk(
     size_sectors: u64,
 ) -> Result<DiskInfo, DiskError> {
     let mut f = File::open(dev_path).map_err(io_err(dev_path))?;
-    let gpt = gptman::GPT::find_from(&mut f).map_err(|source| DiskError::Gpt {
-        path: dev_path.to_path_buf(),
-        source,
-    })?;
     // Partition numbers → kernel names (vda2, nvme0n1p2, mmcblk0p2).
     let mut nodes = std::collections::BTreeMap::new();
     if let Ok(children) = fs::read_dir(roots.sys_block.join(name)) {
@@ -208,6 +215,19 @@ fn read_disk(
             }
         }
     }
+    if let Some(table) = read_mbr(&mut f) {
+        return Ok(DiskInfo {
+            name: name.to_string(),
+            dev_path: dev_path.to_path_buf(),
+            size_sectors,
+            table: PartitionTable::Mbr,
+            partitions: rpi_partitions(&table, |n| nodes.get(&n).cloned()),
+        });
+    }
+    let gpt = gptman::GPT::find_from(&mut f).map_err(|source| DiskError::Gpt {
+        path: dev_path.to_path_buf(),
+        source,
+    })?;
     let partitions = gpt
         .iter()
         .filter(|(_, p)| p.is_used())
@@ -224,8 +244,48 @@ fn read_disk(
         name: name.to_string(),
         dev_path: dev_path.to_path_buf(),
         size_sectors,
+        table: PartitionTable::Gpt,
         partitions,
     })
+}
+
+fn read_mbr(f: &mut File) -> Option<layout::MbrTable> {
+    use std::io::{Read, Seek, SeekFrom};
+    layout::parse_mbr(|lba| {
+        let mut s = [0u8; 512];
+        f.seek(SeekFrom::Start(lba * 512)).ok()?;
+        f.read_exact(&mut s).ok()?;
+        Some(s)
+    })
+}
+
+/// The partitions of an MBR disk with basalt's Raspberry Pi layout, labelled
+/// by number; an empty list for any other MBR disk.
+pub fn rpi_partitions(
+    table: &layout::MbrTable,
+    node: impl Fn(u32) -> Option<PathBuf>,
+) -> Vec<PartInfo> {
+    if !table.is_rpi_layout() {
+        return Vec::new();
+    }
+    table
+        .partitions
+        .iter()
+        .filter_map(|p| {
+            let label = layout::rpi_label(p.number)?;
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&table.disk_id.to_be_bytes());
+            id[4..8].copy_from_slice(&p.number.to_be_bytes());
+            Some(PartInfo {
+                number: p.number,
+                label,
+                unique_guid: Guid(id),
+                first_lba: p.first_lba,
+                last_lba: p.first_lba + p.sectors - 1,
+                dev_path: node(p.number),
+            })
+        })
+        .collect()
 }
 
 /// Extends the data partition (the last one) to the end of its disk when the
@@ -241,6 +301,11 @@ pub fn grow_data_partition(
     disk: &DiskInfo,
     data: &PartInfo,
 ) -> Result<Option<DataGrowth>, DiskError> {
+    if disk.table == PartitionTable::Mbr {
+        // Growing a logical partition means rewriting its EBR and the
+        // extended partition's entry; not done yet (see the README).
+        return Ok(None);
+    }
     let Some(new_last) = layout::grown_last_lba(disk.size_sectors, data.first_lba, data.last_lba)
     else {
         return Ok(None);
@@ -455,6 +520,7 @@ mod tests {
             name: name.to_string(),
             dev_path: PathBuf::from(format!("/dev/{name}")),
             size_sectors: 1 << 22,
+            table: PartitionTable::Gpt,
             partitions: vec![
                 part(1, "esp", base),
                 part(2, "root-a", base + 1),
@@ -462,6 +528,49 @@ mod tests {
                 part(4, "data", base + 3),
             ],
         }
+    }
+
+    #[test]
+    fn rpi_mbr_partitions_are_labelled_by_number() {
+        use basalt_formats::layout::{MbrPartition, MbrTable};
+        let l = layout::DiskLayout::rpi(&basalt_formats::spec::Sizes {
+            esp: basalt_formats::ByteSize::mib(64),
+            slot: basalt_formats::ByteSize::mib(128),
+            data: basalt_formats::ByteSize::mib(32),
+        });
+        let mut table = MbrTable {
+            disk_id: 0xdeadbeef,
+            partitions: l
+                .partitions
+                .iter()
+                .map(|p| MbrPartition {
+                    number: p.number,
+                    mbr_type: p.mbr_type,
+                    first_lba: p.first_lba,
+                    sectors: p.last_lba + 1 - p.first_lba,
+                })
+                .collect(),
+        };
+        let parts = rpi_partitions(&table, |n| Some(PathBuf::from(format!("/dev/mmcblk0p{n}"))));
+        let labels: Vec<_> = parts.iter().map(|p| p.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            ["autoboot", "boot-a", "boot-b", "root-a", "root-b", "data"]
+        );
+        let disk = DiskInfo {
+            name: "mmcblk0".into(),
+            dev_path: "/dev/mmcblk0".into(),
+            size_sectors: 1 << 22,
+            table: PartitionTable::Mbr,
+            partitions: parts,
+        };
+        let b = choose_boot_disk(&[disk], Slot::B, None).unwrap();
+        assert_eq!(b.root.dev_path.unwrap(), PathBuf::from("/dev/mmcblk0p6"));
+        assert_eq!(b.data.number, 7);
+        assert_eq!(b.esp.label, "autoboot");
+        // Another MBR disk (a USB stick) is not mistaken for a basalt disk.
+        table.partitions.truncate(2);
+        assert!(rpi_partitions(&table, |_| None).is_empty());
     }
 
     #[test]

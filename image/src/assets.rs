@@ -23,6 +23,8 @@ pub const BOARD_FILES: &[(&str, &str)] = &[
         "arm64-uefi.yaml",
         include_str!("../../hardware/arm64-uefi.yaml"),
     ),
+    ("rpi4.yaml", include_str!("../../hardware/rpi4.yaml")),
+    ("rpi5.yaml", include_str!("../../hardware/rpi5.yaml")),
 ];
 
 /// The board file for `id`.

@@ -309,6 +309,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 forwards,
                 lan,
             };
+            if cfg.board.rpi.is_some() {
+                if !cfg.forwards.is_empty() {
+                    bail!("--forward: QEMU's raspi4b machine has no network card to forward to");
+                }
+                let pi = crate::pi_launch::PiMachine::prepare(&cfg)?;
+                if until_ready {
+                    let (mut vm, _) = pi.power_on()?;
+                    let line = vm.wait_for("basalt-agent: ready", Duration::from_secs(timeout))?;
+                    println!("{}", line.trim());
+                    vm.kill();
+                } else {
+                    eprintln!("booting {} (leave with Ctrl-A X)", cfg.image.display());
+                    pi.run_interactive()?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             if until_ready {
                 let mut vm = qemu::Vm::start(&cfg)?;
                 let line = vm.wait_for("basalt-agent: ready", Duration::from_secs(timeout))?;

@@ -5,12 +5,13 @@
 //! | [`cli`] | the `basalt` command line |
 //! | [`assets`] | boards, the default spec and the overlays compiled into the binary |
 //! | [`config_cmd`] | `basalt config validate`: checking a cloud-config |
-//! | [`build`] | `basalt build`: root file system, initrd, ESP, slots, disk, outputs |
+//! | [`build`] | `basalt build`: root file system, initrd, ESP or Pi boot slots, slots, disk, outputs |
 //! | [`bundle_cmd`] | `basalt keygen`, `bundle`, `sign`, `inspect`: signed update bundles |
 //! | [`mesh_cmd`] | `basalt mesh`: network tokens |
 //! | [`tools`] | running external tools (mmdebstrap, mksquashfs, …) with errors that name them |
 //! | [`progress`] | progress bars and step lines |
 //! | [`qemu`] | booting a built image under QEMU (`basalt run`, and the tests) |
+//! | [`pi_launch`] | booting a Raspberry Pi image under QEMU `-M raspi4b` as the Pi firmware would (autoboot.txt, tryboot) |
 
 pub mod assets;
 pub mod build;
@@ -18,6 +19,7 @@ pub mod bundle_cmd;
 pub mod cli;
 pub mod config_cmd;
 pub mod mesh_cmd;
+pub mod pi_launch;
 pub mod progress;
 pub mod qemu;
 pub mod tools;

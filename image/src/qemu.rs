@@ -109,7 +109,10 @@ pub fn check_host(board: &Board) -> Result<()> {
             board.qemu.system
         );
     }
-    for f in [&board.qemu.firmware_code, &board.qemu.firmware_vars] {
+    for f in [&board.qemu.firmware_code, &board.qemu.firmware_vars]
+        .into_iter()
+        .flatten()
+    {
         if !Path::new(f).is_file() {
             bail!("UEFI firmware {f} is missing (scripts/setup.sh installs ovmf and qemu-efi-aarch64)");
         }
@@ -139,7 +142,7 @@ pub fn command(cfg: &VmConfig, disk: &Path, vars: &Path) -> Command {
         .arg("-drive")
         .arg(format!(
             "if=pflash,format=raw,unit=0,readonly=on,file={}",
-            q.firmware_code
+            q.firmware_code.as_deref().unwrap_or_default()
         ))
         .arg("-drive")
         .arg(format!(
@@ -239,8 +242,13 @@ pub fn prepare(cfg: &VmConfig) -> Result<(PathBuf, PathBuf)> {
             c.arg(size.to_string());
         }
         tools::run(&mut c)?;
-        std::fs::copy(&cfg.board.qemu.firmware_vars, &vars)
-            .with_context(|| format!("copying {}", cfg.board.qemu.firmware_vars))?;
+        let template = cfg
+            .board
+            .qemu
+            .firmware_vars
+            .as_deref()
+            .context("the board has no UEFI variable store")?;
+        std::fs::copy(template, &vars).with_context(|| format!("copying {template}"))?;
     }
     Ok((disk, vars))
 }
@@ -250,18 +258,27 @@ impl Vm {
     pub fn start(cfg: &VmConfig) -> Result<Vm> {
         check_host(&cfg.board)?;
         let (disk, vars) = prepare(cfg)?;
-        let log_path = cfg.state_dir.join("console.log");
+        Vm::spawn(
+            command(cfg, &disk, &vars),
+            &cfg.board.qemu.system,
+            cfg.state_dir.join("console.log"),
+        )
+    }
+
+    /// Starts `command` (a QEMU command line with the console on stdio) with
+    /// its console captured and appended to `log_path`.
+    pub fn spawn(mut command: Command, system: &str, log_path: PathBuf) -> Result<Vm> {
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
-        let mut child = command(cfg, &disk, &vars)
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting {}", cfg.board.qemu.system))?;
+            .with_context(|| format!("starting {system}"))?;
         let stdin = child.stdin.take();
         let console = Arc::new((Mutex::new(String::new()), Condvar::new()));
         let stdout = child.stdout.take().expect("piped");

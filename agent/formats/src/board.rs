@@ -12,15 +12,26 @@ pub enum BoardId {
     X86_64Uefi,
     #[serde(rename = "arm64-uefi")]
     Arm64Uefi,
+    #[serde(rename = "rpi4")]
+    Rpi4,
+    #[serde(rename = "rpi5")]
+    Rpi5,
 }
 
 impl BoardId {
-    pub const ALL: [BoardId; 2] = [BoardId::X86_64Uefi, BoardId::Arm64Uefi];
+    pub const ALL: [BoardId; 4] = [
+        BoardId::X86_64Uefi,
+        BoardId::Arm64Uefi,
+        BoardId::Rpi4,
+        BoardId::Rpi5,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             BoardId::X86_64Uefi => "x86_64-uefi",
             BoardId::Arm64Uefi => "arm64-uefi",
+            BoardId::Rpi4 => "rpi4",
+            BoardId::Rpi5 => "rpi5",
         }
     }
 }
@@ -32,7 +43,7 @@ impl fmt::Display for BoardId {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown board {0:?}: known boards are x86_64-uefi and arm64-uefi")]
+#[error("unknown board {0:?}: known boards are x86_64-uefi, arm64-uefi, rpi4 and rpi5")]
 pub struct ParseBoardError(String);
 
 impl FromStr for BoardId {
@@ -106,12 +117,16 @@ impl Arch {
 #[serde(rename_all = "lowercase")]
 pub enum PartitionTable {
     Gpt,
+    /// MS-DOS partition table, which the Raspberry Pi firmware reads.
+    Mbr,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BootLoader {
     SystemdBoot,
+    /// The Raspberry Pi firmware itself, with `autoboot.txt` and tryboot A/B.
+    RpiTryboot,
 }
 
 /// How the tests and `basalt run` start this board under QEMU.
@@ -122,8 +137,12 @@ pub struct QemuSettings {
     pub machine: String,
     pub cpu: String,
     pub memory: ByteSize,
-    pub firmware_code: String,
-    pub firmware_vars: String,
+    /// UEFI firmware (UEFI boards). Raspberry Pi boards have none: the
+    /// launcher does the Pi firmware's work and starts the kernel directly.
+    #[serde(default)]
+    pub firmware_code: Option<String>,
+    #[serde(default)]
+    pub firmware_vars: Option<String>,
     /// Serial console device name inside the guest.
     pub console: String,
 }
@@ -139,6 +158,10 @@ pub struct Board {
     pub boot_loader: BootLoader,
     /// The Debian kernel package (a metapackage is fine).
     pub kernel_package: String,
+    /// The suite the kernel package comes from when not the spec's own, such
+    /// as `bookworm-backports` (added to the archive sources for it alone).
+    #[serde(default)]
+    pub kernel_suite: Option<String>,
     /// Packages this board needs in every image, on top of the spec's.
     #[serde(default)]
     pub packages: Vec<String>,
@@ -147,7 +170,34 @@ pub struct Board {
     pub kernel_cmdline: Vec<String>,
     /// Kernel modules the initrd loads (with their dependencies) to reach the root file system.
     pub initrd_modules: Vec<String>,
+    /// What the Raspberry Pi firmware needs on each boot slot (Pi boards only).
+    #[serde(default)]
+    pub rpi: Option<RpiSettings>,
     pub qemu: QemuSettings,
+}
+
+/// The boot slot contents of a Raspberry Pi board.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpiSettings {
+    /// Archive components the board's packages come from, on top of the spec's
+    /// (`non-free-firmware` for raspi-firmware).
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// The Debian package holding the firmware files, installed in the root.
+    pub firmware_package: Option<String>,
+    /// Directory of the firmware files inside the root file system.
+    #[serde(default)]
+    pub firmware_dir: Option<String>,
+    /// Firmware files copied to each boot slot (`start4.elf`, `fixup4.dat`).
+    #[serde(default)]
+    pub firmware_files: Vec<String>,
+    /// Device trees of the kernel package copied to each boot slot; the first
+    /// is the one the QEMU launcher uses.
+    pub dtbs: Vec<String>,
+    /// Lines of `config.txt` (under `[all]`), before the kernel and initrd lines.
+    #[serde(default)]
+    pub config: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +211,11 @@ pub enum BoardError {
         source_name: String,
         found: BoardId,
         expected: String,
+    },
+    #[error("{source_name}: {message}")]
+    Rule {
+        source_name: String,
+        message: String,
     },
     #[error(
         "{source_name}: initrd_modules is empty; the initrd could not reach the root file system"
@@ -183,6 +238,48 @@ impl Board {
                     found: board.id,
                     expected: expected.to_string(),
                 });
+            }
+        }
+        match (board.boot_loader, &board.rpi, board.partition_table) {
+            (BootLoader::RpiTryboot, Some(rpi), PartitionTable::Mbr) => {
+                if rpi.dtbs.is_empty() {
+                    return Err(BoardError::Rule {
+                        source_name: source_name.to_string(),
+                        message: "rpi.dtbs is empty; the firmware needs the board's device tree"
+                            .into(),
+                    });
+                }
+                if !rpi.firmware_files.is_empty() && rpi.firmware_package.is_none() {
+                    return Err(BoardError::Rule {
+                        source_name: source_name.to_string(),
+                        message: "rpi.firmware_files needs rpi.firmware_package".into(),
+                    });
+                }
+            }
+            (BootLoader::RpiTryboot, _, _) => {
+                return Err(BoardError::Rule {
+                    source_name: source_name.to_string(),
+                    message: "boot_loader rpi-tryboot needs partition_table mbr and an rpi section"
+                        .into(),
+                })
+            }
+            (BootLoader::SystemdBoot, rpi, table) => {
+                if rpi.is_some() || table != PartitionTable::Gpt {
+                    return Err(BoardError::Rule {
+                        source_name: source_name.to_string(),
+                        message:
+                            "boot_loader systemd-boot needs partition_table gpt and no rpi section"
+                                .into(),
+                    });
+                }
+                if board.qemu.firmware_code.is_none() || board.qemu.firmware_vars.is_none() {
+                    return Err(BoardError::Rule {
+                        source_name: source_name.to_string(),
+                        message:
+                            "qemu.firmware_code and qemu.firmware_vars are required for UEFI boards"
+                                .into(),
+                    });
+                }
             }
         }
         if board.initrd_modules.is_empty() {

@@ -24,6 +24,7 @@ pub mod release;
 pub mod size;
 pub mod slot;
 pub mod spec;
+pub mod tryboot;
 pub mod yaml;
 
 pub use board::{Arch, Board, BoardId};

@@ -18,6 +18,12 @@
 //! - [`poll`] reads the update channel and does all of the above on its own
 //!   when cloud-config sets `basalt.update`.
 //!
+//! On a Raspberry Pi the boot loader is the Pi firmware ([`tryboot`]):
+//! `apply --reboot` reboots with `0 tryboot` into a trial of the other slot,
+//! the health check commits a good trial by replacing `autoboot.txt`, and a
+//! trial that fails or crashes returns to the committed slot on its next
+//! reboot. Staging a bundle into a Pi's boot slots is not implemented yet.
+//!
 //! A bundle source is a file, standard input, or an `http(s)://` URL read
 //! through [`crate::fetch`], which resumes dropped downloads; the stream
 //! reader verifies and hashes the same way whatever the source.
@@ -26,6 +32,7 @@ pub mod esp;
 pub mod health;
 pub mod poll;
 pub mod state;
+pub mod tryboot;
 
 use basalt_formats::boot::{BootInfo, BOOT_INFO_PATH};
 use basalt_formats::bundle::stream::{BundleError, BundleReader};
@@ -34,7 +41,7 @@ use basalt_formats::bundle::{
 };
 use basalt_formats::entry::{Assessment, EntryName};
 use basalt_formats::release::{Release, RELEASE_PATH};
-use basalt_formats::Slot;
+use basalt_formats::{BoardId, Slot};
 use esp::Esp;
 use log::{error, info, warn};
 use serde::Serialize;
@@ -82,6 +89,10 @@ pub enum UpdateError {
     },
     #[error("no partition for slot {0} on the boot disk")]
     NoSlotDevice(Slot),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("tryboot: {0}")]
+    Tryboot(String),
 }
 
 impl UpdateError {
@@ -103,6 +114,8 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpdateError
 #[derive(Debug, Clone)]
 pub struct Device {
     pub esp: Esp,
+    /// The Pi firmware's tryboot, on Raspberry Pi boards (then `esp` is unused).
+    pub tryboot: Option<tryboot::Tryboot>,
     pub state_dir: PathBuf,
     pub release: Release,
     pub boot: BootInfo,
@@ -130,8 +143,11 @@ impl Device {
             }
         }
         let policy = trust_policy_from_config()?;
+        let tryboot = matches!(release.board, BoardId::Rpi4 | BoardId::Rpi5)
+            .then(|| tryboot::Tryboot::new(PathBuf::from(&boot.esp_device)));
         Ok(Device {
             esp: Esp::default(),
+            tryboot,
             state_dir: PathBuf::from(state::STATE_DIR),
             release,
             boot,
@@ -212,6 +228,11 @@ pub fn check_bundle(source: impl Read, device: &Device) -> Result<CheckReport, U
 
 /// `update stage`: writes the inactive slot from the bundle. See the module docs.
 pub fn stage(source: impl Read, device: &Device) -> Result<CheckReport, UpdateError> {
+    if device.tryboot.is_some() {
+        return Err(UpdateError::Unsupported(
+            "staging a bundle on a Raspberry Pi is not implemented yet (its kernel and initrd go to a FAT boot slot)".into(),
+        ));
+    }
     let policy = device.policy.as_ref().ok_or(UpdateError::NoTrust)?;
     let mut payloads = BundleReader::new(source)?.verify(policy)?;
     let report = decide(payloads.manifest(), device)?;
@@ -334,6 +355,15 @@ fn hash_prefix(path: &Path, len: u64) -> std::io::Result<String> {
 
 /// `update apply`: arms the boot loader to try the staged slot on the next boot.
 pub fn apply(device: &Device) -> Result<Slot, UpdateError> {
+    if let Some(t) = &device.tryboot {
+        // Nothing is written: the trial is armed by the reboot's argument.
+        return match t.state().map_err(io_err("tryboot state"))? {
+            basalt_formats::tryboot::TrybootState::Committed { slot } => Ok(slot.other()),
+            other => Err(UpdateError::Tryboot(format!(
+                "cannot arm a trial now: {other:?}"
+            ))),
+        };
+    }
     let target = device.target();
     let mut st = UpdateState::load(&device.state_dir).map_err(io_err("update state"))?;
     let version = match st.get(target) {
@@ -386,6 +416,15 @@ pub fn apply(device: &Device) -> Result<Slot, UpdateError> {
 
 /// `update revert`: cancels an armed update, or gives up on the running trial.
 pub fn revert(device: &Device) -> Result<String, UpdateError> {
+    if let Some(t) = &device.tryboot {
+        return match t.state().map_err(io_err("tryboot state"))? {
+            basalt_formats::tryboot::TrybootState::Trial { slot } => Ok(format!(
+                "slot {slot} is on trial and not committed: the next reboot starts slot {}",
+                slot.other()
+            )),
+            s => Ok(format!("nothing armed ({s:?})")),
+        };
+    }
     let target = device.target();
     let running = device.boot.slot;
     let entry = device
@@ -424,6 +463,16 @@ pub fn revert(device: &Device) -> Result<String, UpdateError> {
 
 /// `update mark-good`: makes the running slot permanent now.
 pub fn mark_good(device: &Device) -> Result<bool, UpdateError> {
+    if let Some(t) = &device.tryboot {
+        return match t.commit() {
+            Ok(tryboot::Committed::Now(slot)) => {
+                info!("slot {slot} committed in autoboot.txt");
+                Ok(true)
+            }
+            Ok(tryboot::Committed::Already) => Ok(false),
+            Err(e) => Err(UpdateError::Tryboot(e.to_string())),
+        };
+    }
     device
         .esp
         .bless(device.boot.slot)
@@ -437,6 +486,9 @@ pub struct StatusReport {
     pub running_version: String,
     pub entries: Vec<EntryReport>,
     pub state: UpdateState,
+    /// Raspberry Pi: where the firmware's tryboot stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tryboot: Option<String>,
     /// The last poll of the update channel, if any.
     pub poll: Option<poll::PollRecord>,
 }
@@ -449,10 +501,22 @@ pub struct EntryReport {
 }
 
 pub fn status(device: &Device) -> Result<StatusReport, UpdateError> {
-    let entries = device
-        .esp
-        .entries()
-        .map_err(io_err("reading loader entries"))?;
+    let (entries, tryboot) = match &device.tryboot {
+        Some(t) => (
+            Vec::new(),
+            Some(match t.state() {
+                Ok(s) => format!("{s:?}"),
+                Err(e) => format!("unknown: {e}"),
+            }),
+        ),
+        None => (
+            device
+                .esp
+                .entries()
+                .map_err(io_err("reading loader entries"))?,
+            None,
+        ),
+    };
     Ok(StatusReport {
         running_slot: device.boot.slot,
         running_version: device.release.version.to_string(),
@@ -465,6 +529,7 @@ pub fn status(device: &Device) -> Result<StatusReport, UpdateError> {
             })
             .collect(),
         state: UpdateState::load(&device.state_dir).map_err(io_err("update state"))?,
+        tryboot,
         poll: poll::PollRecord::load(&device.state_dir),
     })
 }
@@ -540,6 +605,16 @@ pub fn on_boot(
 
 /// Runs [`on_boot`] against the device and writes the result. Called by the service at start.
 pub fn reconcile_on_boot(device: &Device) {
+    if let Some(t) = &device.tryboot {
+        match t.state() {
+            Ok(basalt_formats::tryboot::TrybootState::Corrupt { error, .. }) => {
+                error!("autoboot.txt is corrupt, left as it is: {error}")
+            }
+            Ok(s) => info!("tryboot: {s:?}"),
+            Err(e) => warn!("tryboot: {e}"),
+        }
+        return;
+    }
     let entries = match device.esp.entries() {
         Ok(e) => e,
         Err(e) => {

@@ -106,6 +106,7 @@ pub(crate) fn fixture() -> Fixture {
     let key = SecretKey::from_seed(&[7; 32]);
     let device = Device {
         esp,
+        tryboot: None,
         state_dir: dir.path().join("state"),
         release: Release {
             name: "demo".into(),

@@ -1,7 +1,8 @@
-//! The disk image: a GPT written in user space, and the partition images
-//! copied to their offsets, leaving holes where they are empty.
+//! The disk image: a GPT or an MBR written in user space, and the partition
+//! images copied to their offsets, leaving holes where they are empty.
 
-use basalt_formats::layout::{DiskLayout, SECTOR};
+use basalt_formats::board::PartitionTable;
+use basalt_formats::layout::{DiskLayout, PartitionPlan, MBR_TYPE_EXTENDED_LBA, SECTOR};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -53,6 +54,14 @@ pub fn create(
         .open(out)
         .map_err(io)?;
     f.set_len(layout.total_bytes()).map_err(io)?;
+    if layout.table == PartitionTable::Mbr {
+        let disk_id = u32::from_le_bytes(disk_guid.as_bytes()[..4].try_into().expect("4 bytes"));
+        for (offset, sector) in mbr_sectors(layout, disk_id) {
+            f.seek(SeekFrom::Start(offset * SECTOR)).map_err(io)?;
+            f.write_all(&sector).map_err(io)?;
+        }
+        return Ok(f);
+    }
     let mut gpt =
         gptman::GPT::new_from(&mut f, SECTOR, disk_guid.to_bytes_le()).map_err(gpt_err)?;
     for (p, guid) in layout.partitions.iter().zip(part_guids) {
@@ -128,6 +137,67 @@ pub fn write_partition(
     Ok(size)
 }
 
+/// One 16-byte MBR partition entry (CHS fields set to the LBA-only marker).
+fn mbr_entry(ty: u8, first_lba: u64, sectors: u64) -> [u8; 16] {
+    let mut e = [0u8; 16];
+    e[1..4].copy_from_slice(&[0xfe, 0xff, 0xff]);
+    e[4] = ty;
+    e[5..8].copy_from_slice(&[0xfe, 0xff, 0xff]);
+    e[8..12].copy_from_slice(&(first_lba as u32).to_le_bytes());
+    e[12..16].copy_from_slice(&(sectors as u32).to_le_bytes());
+    e
+}
+
+fn sectors(p: &PartitionPlan) -> u64 {
+    p.last_lba + 1 - p.first_lba
+}
+
+/// The sectors of an MBR layout: (LBA, contents) of the master boot record
+/// and of each logical partition's extended boot record. Logical partitions
+/// are chained the usual way: each EBR's first entry is its partition
+/// (relative to the EBR), its second the next EBR (relative to the extended
+/// partition's start).
+pub fn mbr_sectors(layout: &DiskLayout, disk_id: u32) -> Vec<(u64, [u8; 512])> {
+    let mut out = Vec::new();
+    let mut mbr = [0u8; 512];
+    mbr[440..444].copy_from_slice(&disk_id.to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    let primary: Vec<&PartitionPlan> = layout.partitions.iter().filter(|p| p.number <= 4).collect();
+    let logical: Vec<&PartitionPlan> = layout.partitions.iter().filter(|p| p.number > 4).collect();
+    for p in &primary {
+        let i = p.number as usize - 1;
+        mbr[446 + 16 * i..446 + 16 * (i + 1)].copy_from_slice(&mbr_entry(
+            p.mbr_type,
+            p.first_lba,
+            sectors(p),
+        ));
+    }
+    out.push((0, mbr));
+    let Some(ext) = primary.iter().find(|p| p.mbr_type == MBR_TYPE_EXTENDED_LBA) else {
+        return out;
+    };
+    // Each EBR sits 1 MiB before its partition.
+    let ebr_lba = |p: &PartitionPlan| p.first_lba - basalt_formats::layout::ALIGN_SECTORS;
+    for (i, p) in logical.iter().enumerate() {
+        let mut ebr = [0u8; 512];
+        ebr[510] = 0x55;
+        ebr[511] = 0xaa;
+        let here = ebr_lba(p);
+        ebr[446..462].copy_from_slice(&mbr_entry(p.mbr_type, p.first_lba - here, sectors(p)));
+        if let Some(next) = logical.get(i + 1) {
+            let next_ebr = ebr_lba(next);
+            ebr[462..478].copy_from_slice(&mbr_entry(
+                MBR_TYPE_EXTENDED_LBA,
+                next_ebr - ext.first_lba,
+                next.last_lba + 1 - next_ebr,
+            ));
+        }
+        out.push((here, ebr));
+    }
+    out
+}
+
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -144,6 +214,100 @@ mod tests {
     use super::*;
     use basalt_formats::spec::Sizes;
     use basalt_formats::{Arch, ByteSize};
+
+    #[test]
+    fn mbr_reads_back_with_sfdisk() {
+        let dir = tempfile::tempdir().unwrap();
+        let sizes = Sizes {
+            esp: ByteSize::mib(64),
+            slot: ByteSize::mib(128),
+            data: ByteSize::mib(32),
+        };
+        let layout = DiskLayout::rpi(&sizes);
+        let path = dir.path().join("disk.img");
+        let f = create(&path, &layout, Uuid::from_u128(0x7856_3412 << 96), &[]).unwrap();
+        drop(f);
+        let out = std::process::Command::new("sfdisk")
+            .args(["--dump"])
+            .arg(&path)
+            .output()
+            .expect("sfdisk (util-linux fdisk) is installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("label: dos"), "{text}");
+        assert!(text.contains("label-id: 0x12345678"), "{text}");
+        let parts: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains(" : start="))
+            .map(|l| {
+                let (dev, rest) = l.split_once(" : ").unwrap();
+                let num = dev.trim().trim_start_matches(&*path.display().to_string());
+                let rest = rest.split_whitespace().collect::<Vec<_>>().join(" ");
+                format!("{num} {}", rest.replace("= ", "="))
+            })
+            .collect();
+        let want: Vec<String> = layout
+            .partitions
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} start={}, size={}, type={:x}",
+                    p.number,
+                    p.first_lba,
+                    p.last_lba + 1 - p.first_lba,
+                    p.mbr_type
+                )
+            })
+            .collect();
+        assert_eq!(parts, want, "{text}");
+
+        // The agent's and the launcher's reader sees the same table.
+        let mut f = File::open(&path).unwrap();
+        let table = basalt_formats::layout::parse_mbr(|lba| {
+            let mut s = [0u8; 512];
+            f.seek(SeekFrom::Start(lba * 512)).ok()?;
+            f.read_exact(&mut s).ok()?;
+            Some(s)
+        })
+        .unwrap();
+        assert_eq!(table.disk_id, 0x1234_5678);
+        assert!(table.is_rpi_layout(), "{table:?}");
+        let got: Vec<(u32, u64, u64)> = table
+            .partitions
+            .iter()
+            .map(|p| (p.number, p.first_lba, p.sectors))
+            .collect();
+        let want: Vec<(u32, u64, u64)> = layout
+            .partitions
+            .iter()
+            .map(|p| (p.number, p.first_lba, p.last_lba + 1 - p.first_lba))
+            .collect();
+        assert_eq!(got, want);
+        // A GPT disk's protective MBR is not read as an MBR.
+        let gpt_layout = DiskLayout::uefi(Arch::Arm64, &sizes);
+        let gpt_path = dir.path().join("gpt.img");
+        drop(
+            create(
+                &gpt_path,
+                &gpt_layout,
+                Uuid::from_u128(1),
+                &(2..6u128).map(Uuid::from_u128).collect::<Vec<_>>(),
+            )
+            .unwrap(),
+        );
+        let mut g = File::open(&gpt_path).unwrap();
+        assert!(basalt_formats::layout::parse_mbr(|lba| {
+            let mut s = [0u8; 512];
+            g.seek(SeekFrom::Start(lba * 512)).ok()?;
+            g.read_exact(&mut s).ok()?;
+            Some(s)
+        })
+        .is_none());
+    }
 
     #[test]
     fn table_reads_back() {

@@ -5,8 +5,10 @@
 //! 2. the kernel taken out of `/boot`, the basalt initrd made for it;
 //! 3. the root slot image (squashfs or erofs) and the data partition (ext4,
 //!    holding `/var` as the image shipped it);
-//! 4. the ESP with systemd-boot and both slots' boot files;
-//! 5. GPT disk image, then `.img.zst`, `.qcow2` and the JSON build record.
+//! 4. the ESP with systemd-boot and both slots' boot files (UEFI boards), or
+//!    the `autoboot.txt` partition and two FAT boot slots (Raspberry Pi);
+//! 5. GPT (or MBR) disk image, then `.img.zst`, `.qcow2` (UEFI) or `.img.xz`
+//!    and `.bmap` (Raspberry Pi), and the JSON build record.
 
 pub mod disk;
 pub mod esp;
@@ -14,10 +16,12 @@ pub mod fsimage;
 pub mod initrd;
 pub mod models;
 pub mod rootfs;
+pub mod rpi;
 
 use crate::assets;
 use crate::progress::Progress;
 use anyhow::{bail, Context, Result};
+use basalt_formats::board::BootLoader;
 use basalt_formats::initrd::InitrdConfig;
 use basalt_formats::layout::DiskLayout;
 use basalt_formats::record::{Artifact, BuildRecord};
@@ -156,6 +160,7 @@ pub fn record_path(image: &Path) -> PathBuf {
         .into_owned();
     let stem = name
         .strip_suffix(".img.zst")
+        .or_else(|| name.strip_suffix(".img.xz"))
         .or_else(|| name.strip_suffix(".img"))
         .or_else(|| name.strip_suffix(".qcow2"))
         .unwrap_or(&name);
@@ -199,13 +204,23 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
         .chain(&board.packages)
         .cloned()
         .collect();
-    packages.push(board.kernel_package.clone());
+    packages.push(match &board.kernel_suite {
+        Some(suite) => format!("{}/{suite}", board.kernel_package),
+        None => board.kernel_package.clone(),
+    });
     packages.sort();
     packages.dedup();
+    let mut components = spec.components.clone();
+    for c in board.rpi.iter().flat_map(|r| &r.components) {
+        if !components.contains(c) {
+            components.push(c.clone());
+        }
+    }
     let req = rootfs::RootfsRequest {
         suite: spec.suite.clone(),
         mirror: spec.mirror.clone(),
-        components: spec.components.clone(),
+        components,
+        extra_suites: board.kernel_suite.iter().cloned().collect(),
         arch,
         packages,
         source_date_epoch: epoch,
@@ -224,17 +239,33 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
     rootfs::unpack(&tar, &root)?;
     let installed = rootfs::installed_packages(&root)?;
     let (kernel_path, kver) = rootfs::find_kernel(&root, &board.kernel_package)?;
-    let kernel = read_kernel(&kernel_path)?;
-    let systemd_boot_path = root.join(format!(
-        "usr/lib/systemd/boot/efi/systemd-boot{}.efi",
-        arch.efi_suffix()
-    ));
-    let systemd_boot = std::fs::read(&systemd_boot_path).with_context(|| {
-        format!(
-            "reading {} (is systemd-boot-efi in the board's packages?)",
-            systemd_boot_path.display()
-        )
-    })?;
+    let pi = board.boot_loader == BootLoader::RpiTryboot;
+    // The Pi firmware starts Debian's gzip-compressed arm64 kernel as it is
+    // (as Debian's raspi-firmware does); UEFI needs the EFI-stub image.
+    let kernel = if pi {
+        std::fs::read(&kernel_path).with_context(|| format!("reading {}", kernel_path.display()))?
+    } else {
+        read_kernel(&kernel_path)?
+    };
+    let pi_files = if pi {
+        Some(rpi::board_files(&root, &board, &kver)?)
+    } else {
+        None
+    };
+    let systemd_boot = if pi {
+        Vec::new()
+    } else {
+        let systemd_boot_path = root.join(format!(
+            "usr/lib/systemd/boot/efi/systemd-boot{}.efi",
+            arch.efi_suffix()
+        ));
+        std::fs::read(&systemd_boot_path).with_context(|| {
+            format!(
+                "reading {} (is systemd-boot-efi in the board's packages?)",
+                systemd_boot_path.display()
+            )
+        })?
+    };
     let release = Release {
         name: spec.name.clone(),
         version: spec.version.clone(),
@@ -244,6 +275,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
         build_time: epoch,
     };
     customise(&root, &spec, &opts.spec, &agent, &release)?;
+    if pi {
+        // No boot counting pulls boot-complete.target in on a Pi: the health
+        // check runs on every boot, and commits a good tryboot trial.
+        let dir = root.join("etc/systemd/system/multi-user.target.wants");
+        std::fs::create_dir_all(&dir)?;
+        let link = dir.join("basalt-health.service");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/usr/lib/systemd/system/basalt-health.service", &link)?;
+    }
     step.done(&format!("kernel {kver}"));
     if !spec.models.is_empty() {
         let step = progress.step(&format!("models ({})", spec.models.len()));
@@ -317,77 +357,112 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
         spec.sizes.slot
     ));
 
-    // 5. ESP.
-    let step = progress.step("EFI system partition");
     let mut cmdline: Vec<String> = board.kernel_cmdline.clone();
     cmdline.extend(spec.kernel_cmdline.iter().cloned());
-    let slots: Vec<esp::SlotBoot> = Slot::ALL
-        .into_iter()
-        .map(|slot| esp::SlotBoot {
-            slot,
-            // The factory copy in slot B sorts after slot A until an update replaces it.
-            version: match slot {
-                Slot::A => spec.version.to_string(),
-                Slot::B => format!("{}~factory", spec.version),
-            },
-            title: format!("{} {} (slot {slot})", spec.name, spec.version),
-            kernel: kernel.clone(),
-            initrd: initrd_bytes.clone(),
-            cmdline: format!("basalt.slot={slot} {}", cmdline.join(" ")),
-        })
-        .collect();
-    let esp_img = work.join("esp.img");
-    let vol_id = u32::from_le_bytes(
-        guid(&spec, board_id, "esp-fs").as_bytes()[..4]
-            .try_into()
-            .expect("4 bytes"),
-    );
-    esp::write(
-        &esp_img,
-        spec.sizes.esp.bytes(),
-        arch,
-        &systemd_boot,
-        &slots,
-        vol_id,
-        epoch,
-    )?;
-    step.done("systemd-boot, 2 slots");
-
-    // 6. Disk.
-    let step = progress.step("disk image");
-    let layout = DiskLayout::uefi(arch, &spec.sizes);
     let img = opts.out_dir.join(format!("{stem}.img"));
-    let part_guids: Vec<Uuid> = layout
-        .partitions
-        .iter()
-        .map(|p| guid(&spec, board_id, &format!("part-{}", p.label)))
-        .collect();
-    let mut f = disk::create(&img, &layout, guid(&spec, board_id, "disk"), &part_guids)?;
-    disk::write_partition(&mut f, &img, &layout, "esp", "sizes.esp", &esp_img)?;
-    disk::write_partition(&mut f, &img, &layout, "root-a", "sizes.slot", &root_img)?;
-    disk::write_partition(&mut f, &img, &layout, "root-b", "sizes.slot", &root_img)?;
-    disk::write_partition(&mut f, &img, &layout, "data", "sizes.data", &data_img)?;
-    f.sync_all()?;
-    drop(f);
-    step.done(&format!("{} MiB", layout.total_bytes() >> 20));
+    let (layout, outputs) = if let Some(pi_files) = &pi_files {
+        let layout = pi_disk(
+            &spec,
+            board_id,
+            &board,
+            &work,
+            &img,
+            pi_files,
+            &kernel,
+            &initrd_bytes,
+            &cmdline,
+            &root_img,
+            &data_img,
+            &mut progress,
+            epoch,
+        )?;
+        let step = progress.step("compressed images and block map");
+        let zst = opts.out_dir.join(format!("{stem}.img.zst"));
+        step.bytes(layout.total_bytes() * 2);
+        compress_zstd(&img, &zst, |n| step.inc(n))?;
+        let xz = opts.out_dir.join(format!("{stem}.img.xz"));
+        compress_xz(&img, &xz, |n| step.inc(n))?;
+        let bmap = opts.out_dir.join(format!("{stem}.bmap"));
+        let _ = std::fs::remove_file(&bmap);
+        crate::tools::run(
+            Command::new("bmaptool")
+                .args(["create", "-o"])
+                .arg(&bmap)
+                .arg(&img),
+        )?;
+        step.done("");
+        (layout, vec![img.clone(), xz, zst, bmap])
+    } else {
+        // 5. ESP.
+        let step = progress.step("EFI system partition");
+        let slots: Vec<esp::SlotBoot> = Slot::ALL
+            .into_iter()
+            .map(|slot| esp::SlotBoot {
+                slot,
+                // The factory copy in slot B sorts after slot A until an update replaces it.
+                version: match slot {
+                    Slot::A => spec.version.to_string(),
+                    Slot::B => format!("{}~factory", spec.version),
+                },
+                title: format!("{} {} (slot {slot})", spec.name, spec.version),
+                kernel: kernel.clone(),
+                initrd: initrd_bytes.clone(),
+                cmdline: format!("basalt.slot={slot} {}", cmdline.join(" ")),
+            })
+            .collect();
+        let esp_img = work.join("esp.img");
+        let vol_id = u32::from_le_bytes(
+            guid(&spec, board_id, "esp-fs").as_bytes()[..4]
+                .try_into()
+                .expect("4 bytes"),
+        );
+        esp::write(
+            &esp_img,
+            spec.sizes.esp.bytes(),
+            arch,
+            &systemd_boot,
+            &slots,
+            vol_id,
+            epoch,
+        )?;
+        step.done("systemd-boot, 2 slots");
 
-    // 7. Outputs.
-    let step = progress.step("compressed and qcow2 images");
-    let zst = opts.out_dir.join(format!("{stem}.img.zst"));
-    step.bytes(layout.total_bytes());
-    compress_zstd(&img, &zst, |n| step.inc(n))?;
-    let qcow2 = opts.out_dir.join(format!("{stem}.qcow2"));
-    let _ = std::fs::remove_file(&qcow2);
-    crate::tools::run(
-        Command::new("qemu-img")
-            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-            .arg(&img)
-            .arg(&qcow2),
-    )?;
-    step.done("");
+        // 6. Disk.
+        let step = progress.step("disk image");
+        let layout = DiskLayout::uefi(arch, &spec.sizes);
+        let part_guids: Vec<Uuid> = layout
+            .partitions
+            .iter()
+            .map(|p| guid(&spec, board_id, &format!("part-{}", p.label)))
+            .collect();
+        let mut f = disk::create(&img, &layout, guid(&spec, board_id, "disk"), &part_guids)?;
+        disk::write_partition(&mut f, &img, &layout, "esp", "sizes.esp", &esp_img)?;
+        disk::write_partition(&mut f, &img, &layout, "root-a", "sizes.slot", &root_img)?;
+        disk::write_partition(&mut f, &img, &layout, "root-b", "sizes.slot", &root_img)?;
+        disk::write_partition(&mut f, &img, &layout, "data", "sizes.data", &data_img)?;
+        f.sync_all()?;
+        drop(f);
+        step.done(&format!("{} MiB", layout.total_bytes() >> 20));
+
+        // 7. Outputs.
+        let step = progress.step("compressed and qcow2 images");
+        let zst = opts.out_dir.join(format!("{stem}.img.zst"));
+        step.bytes(layout.total_bytes());
+        compress_zstd(&img, &zst, |n| step.inc(n))?;
+        let qcow2 = opts.out_dir.join(format!("{stem}.qcow2"));
+        let _ = std::fs::remove_file(&qcow2);
+        crate::tools::run(
+            Command::new("qemu-img")
+                .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+                .arg(&img)
+                .arg(&qcow2),
+        )?;
+        step.done("");
+        (layout, vec![img.clone(), zst, qcow2])
+    };
 
     let mut artifacts = Vec::new();
-    for p in [&img, &zst, &qcow2] {
+    for p in &outputs {
         artifacts.push(Artifact {
             file: p
                 .file_name()
@@ -428,6 +503,89 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
         rootfs_from_cache: cached,
         seconds,
     })
+}
+
+/// Steps 5 and 6 for a Raspberry Pi: the `autoboot.txt` partition, a FAT
+/// boot slot per root slot, and the MBR disk.
+#[allow(clippy::too_many_arguments)]
+fn pi_disk(
+    spec: &ImageSpec,
+    board_id: BoardId,
+    board: &basalt_formats::Board,
+    work: &Path,
+    img: &Path,
+    pi_files: &[rpi::FatFile],
+    kernel: &[u8],
+    initrd: &[u8],
+    cmdline: &[String],
+    root_img: &Path,
+    data_img: &Path,
+    progress: &mut Progress,
+    epoch: u64,
+) -> Result<DiskLayout> {
+    let rpi_settings = board.rpi.as_ref().expect("a Pi board has an rpi section");
+    let step = progress.step("boot partitions (autoboot.txt, 2 FAT boot slots)");
+    let vol_id = |what: &str| {
+        u32::from_le_bytes(
+            guid(spec, board_id, what).as_bytes()[..4]
+                .try_into()
+                .expect("4 bytes"),
+        )
+    };
+    let autoboot_img = work.join("autoboot.img");
+    rpi::write_fat(
+        &autoboot_img,
+        basalt_formats::layout::RPI_AUTOBOOT_BYTES,
+        b"AUTOBOOT   ",
+        &rpi::autoboot_files(),
+        vol_id("autoboot-fs"),
+        epoch,
+        true,
+    )
+    .with_context(|| format!("writing {}", autoboot_img.display()))?;
+    let mut slot_imgs = Vec::new();
+    for slot in Slot::ALL {
+        let files = rpi::slot_files(
+            pi_files,
+            rpi_settings,
+            slot,
+            kernel,
+            initrd,
+            &format!("basalt.slot={slot} {}", cmdline.join(" ")),
+        );
+        rpi::check_fits(slot, &files, spec.sizes.esp.bytes())?;
+        let p = work.join(format!("boot-{slot}.img"));
+        let label = format!("BOOT-{}     ", slot.letter().to_uppercase());
+        rpi::write_fat(
+            &p,
+            spec.sizes.esp.bytes(),
+            label.as_bytes().try_into().expect("11 bytes"),
+            &files,
+            vol_id(&format!("boot-{slot}-fs")),
+            epoch,
+            false,
+        )
+        .with_context(|| format!("writing {}", p.display()))?;
+        slot_imgs.push(p);
+    }
+    step.done(&format!(
+        "{} firmware files and device trees",
+        pi_files.len()
+    ));
+
+    let step = progress.step("disk image (MBR)");
+    let layout = DiskLayout::rpi(&spec.sizes);
+    let mut f = disk::create(img, &layout, guid(spec, board_id, "disk"), &[])?;
+    disk::write_partition(&mut f, img, &layout, "autoboot", "sizes.esp", &autoboot_img)?;
+    disk::write_partition(&mut f, img, &layout, "boot-a", "sizes.esp", &slot_imgs[0])?;
+    disk::write_partition(&mut f, img, &layout, "boot-b", "sizes.esp", &slot_imgs[1])?;
+    disk::write_partition(&mut f, img, &layout, "root-a", "sizes.slot", root_img)?;
+    disk::write_partition(&mut f, img, &layout, "root-b", "sizes.slot", root_img)?;
+    disk::write_partition(&mut f, img, &layout, "data", "sizes.data", data_img)?;
+    f.sync_all()?;
+    drop(f);
+    step.done(&format!("{} MiB", layout.total_bytes() >> 20));
+    Ok(layout)
 }
 
 /// Reads the kernel. Debian's arm64 `vmlinuz` is a gzip-compressed `Image`,
@@ -636,6 +794,35 @@ fn compress_zstd(src: &Path, dst: &Path, mut progress: impl FnMut(u64)) -> Resul
         progress(n as u64);
     }
     enc.finish()?.sync_all()?;
+    Ok(())
+}
+
+fn compress_xz(src: &Path, dst: &Path, mut progress: impl FnMut(u64)) -> Result<()> {
+    let mut input = std::fs::File::open(src)?;
+    let out = std::fs::File::create(dst)?;
+    // xz's own command: multi-threaded, and what rpi-imager reads.
+    let mut child = Command::new("xz")
+        .args(["-2", "-T2", "--check=crc64", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(out)
+        .spawn()
+        .context("running xz (package xz-utils)")?;
+    {
+        let mut stdin = child.stdin.take().expect("piped");
+        let mut buf = vec![0u8; 4 << 20];
+        loop {
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            stdin.write_all(&buf[..n]).context("writing to xz")?;
+            progress(n as u64);
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("xz failed ({status}) compressing {}", src.display());
+    }
     Ok(())
 }
 

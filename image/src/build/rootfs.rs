@@ -16,6 +16,9 @@ pub struct RootfsRequest {
     pub suite: String,
     pub mirror: String,
     pub components: Vec<String>,
+    /// Further suites of the same mirror (`bookworm-backports`); packages
+    /// from them are named `package/suite`.
+    pub extra_suites: Vec<String>,
     pub arch: Arch,
     /// Sorted, deduplicated.
     pub packages: Vec<String>,
@@ -36,6 +39,12 @@ impl RootfsRequest {
             &self.source_date_epoch.to_string(),
         ] {
             h.update(part.as_bytes());
+            h.update([0]);
+        }
+        // Only when present, so that keys of requests without them stay as they were.
+        for suite in &self.extra_suites {
+            h.update(b"suite:");
+            h.update(suite.as_bytes());
             h.update([0]);
         }
         hex::encode(&h.finalize()[..12])
@@ -116,6 +125,13 @@ pub fn obtain(
         .arg(&req.suite)
         .arg(&partial)
         .arg(&req.mirror);
+    for suite in &req.extra_suites {
+        cmd.arg(format!(
+            "deb {} {suite} {}",
+            req.mirror,
+            req.components.join(" ")
+        ));
+    }
     tools::run(&mut cmd)?;
     std::fs::rename(&partial, &tar).map_err(io(&tar))?;
     Ok((tar, false))
@@ -197,6 +213,7 @@ mod tests {
             suite: "bookworm".into(),
             mirror: "http://deb.debian.org/debian".into(),
             components: vec!["main".into()],
+            extra_suites: Vec::new(),
             arch: Arch::Amd64,
             packages: vec!["systemd".into(), "udev".into()],
             source_date_epoch: 1,
@@ -212,6 +229,9 @@ mod tests {
         assert_ne!(r.key(), base);
         let mut r = req();
         r.arch = Arch::Arm64;
+        assert_ne!(r.key(), base);
+        let mut r = req();
+        r.extra_suites.push("bookworm-backports".into());
         assert_ne!(r.key(), base);
         let mut r = req();
         r.source_date_epoch = 2;

@@ -1,0 +1,468 @@
+//! Booting a Raspberry Pi image under QEMU `-M raspi4b`, doing what the Pi
+//! firmware does with the SD card, for `basalt run` and the qemu-tests.
+//!
+//! QEMU's Raspberry Pi machines have no Pi firmware: they start a kernel
+//! given with `-kernel`, `-dtb`, `-initrd` and `-append`. Before each power-on
+//! the launcher does the firmware's part:
+//!
+//! 1. reads `autoboot.txt` from partition 1 of the VM's SD card (the disk as
+//!    the guest left it), and the tryboot flag, kept as the file `tryboot` in
+//!    the VM's state directory;
+//! 2. picks the partition: `[tryboot] boot_partition` when the flag is set,
+//!    else `[all] boot_partition`, and clears the flag, as the firmware does
+//!    before it boots, so that whatever happens next the following power-on
+//!    returns to the committed slot;
+//! 3. takes that partition's `config.txt` (`kernel=`, `initramfs`),
+//!    `cmdline.txt`, kernel, initrd and the board's first device tree, and
+//!    sets `/chosen/bootloader/tryboot` and `/chosen/bootloader/partition`
+//!    in the device tree as the firmware does (with `fdtput`, package
+//!    device-tree-compiler). Nodes of devices QEMU does not model (the HDMI
+//!    block and its interrupt controller and I²C, the display pipeline),
+//!    which fault on first access, are disabled in that copy.
+//!
+//! How the guest's `reboot "0 tryboot"` reaches the launcher: QEMU runs with
+//! `-no-reboot`, so a guest reboot ends the QEMU process. The kernel prints
+//! the reboot argument on the console as it restarts
+//! (`reboot: Restarting system with command '0 tryboot'`); when the last
+//! such line of a boot names `tryboot`, the launcher sets the flag before
+//! the next power-on. That is the same information the Pi firmware gets, by
+//! another path: on a Pi the kernel hands the flag to the firmware through
+//! its mailbox, which QEMU does not emulate. Any other end of QEMU (a
+//! power-off, a crash, a killed VM) leaves the flag as it was.
+//!
+//! The SD card is a sparse copy of the image in the state directory, grown
+//! to a power of two (QEMU's SD card model requires it).
+
+use crate::qemu::{Vm, VmConfig};
+use crate::tools;
+use anyhow::{bail, Context, Result};
+use basalt_formats::layout::{parse_mbr, MbrTable, RPI_AUTOBOOT_PARTITION};
+use basalt_formats::tryboot::{Autoboot, AUTOBOOT_TXT, TRYBOOT_REBOOT_ARG};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Device tree nodes of the BCM2711 that QEMU's `raspi4b` does not model.
+const UNMODELLED_BCM2711_NODES: &[&str] = &[
+    "/soc/clock@7ef00000",
+    "/soc/interrupt-controller@7ef00100",
+    "/soc/hdmi@7ef00700",
+    "/soc/hdmi@7ef05700",
+    "/soc/i2c@7ef04500",
+    "/soc/i2c@7ef09500",
+    "/soc/hvs@7e400000",
+    "/soc/pixelvalve@7e206000",
+    "/soc/pixelvalve@7e207000",
+    "/soc/pixelvalve@7e20a000",
+    "/soc/pixelvalve@7e216000",
+    "/soc/pixelvalve@7ec12000",
+    "/soc/vec@7ec13000",
+    "/soc/txp@7e004000",
+    "/soc/dsi@7e209000",
+    "/soc/dsi@7e700000",
+    "/soc/dpi@7e208000",
+];
+
+/// The console line of a kernel restarting with an argument.
+const RESTART_WITH_COMMAND: &str = "reboot: Restarting system with command '";
+
+/// A Raspberry Pi under QEMU: its SD card and firmware state.
+#[derive(Debug, Clone)]
+pub struct PiMachine {
+    pub cfg: VmConfig,
+    pub sd: PathBuf,
+    /// Present while a tryboot is armed.
+    pub tryboot_flag: PathBuf,
+}
+
+/// What the emulated firmware chose for one power-on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirmwareChoice {
+    pub partition: u32,
+    pub tryboot: bool,
+    pub cmdline: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub dtb: PathBuf,
+}
+
+/// The boot partition the firmware starts, from `autoboot.txt` and the flag.
+pub fn choose_partition(autoboot: &Autoboot, tryboot: bool) -> u32 {
+    let slot = if tryboot {
+        autoboot.trial()
+    } else {
+        autoboot.committed
+    };
+    basalt_formats::layout::rpi_boot_partition(slot)
+}
+
+/// Whether a boot's console asked for a tryboot with its last restart.
+pub fn console_requests_tryboot(console: &str) -> bool {
+    console
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(RESTART_WITH_COMMAND)?;
+            Some(rest.trim_end().trim_end_matches('\'').to_string())
+        })
+        .is_some_and(|arg| {
+            arg.split_whitespace().any(|w| w == "tryboot") || arg == TRYBOOT_REBOOT_ARG
+        })
+}
+
+/// `kernel=` and `initramfs` of a `config.txt` (the `[all]` lines basalt writes).
+pub fn kernel_and_initrd(config_txt: &str) -> (Option<String>, Option<String>) {
+    let mut kernel = None;
+    let mut initrd = None;
+    for line in config_txt.lines().map(str::trim) {
+        if let Some(k) = line.strip_prefix("kernel=") {
+            kernel = Some(k.trim().to_string());
+        } else if let Some(rest) = line.strip_prefix("initramfs ") {
+            initrd = rest.split_whitespace().next().map(str::to_string);
+        }
+    }
+    (kernel, initrd)
+}
+
+/// A FAT partition of an image file, read in place.
+struct Partition {
+    file: File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Read for Partition {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.len.saturating_sub(self.pos);
+        let n = (buf.len() as u64).min(left) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        let got = self.file.read(&mut buf[..n])?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+impl std::io::Write for Partition {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other("the launcher reads the SD card only"))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for Partition {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let new = match to {
+            SeekFrom::Start(n) => n as i64,
+            SeekFrom::Current(d) => self.pos as i64 + d,
+            SeekFrom::End(d) => self.len as i64 + d,
+        };
+        if new < 0 {
+            return Err(std::io::Error::other("seek before the partition's start"));
+        }
+        self.pos = new as u64;
+        Ok(self.pos)
+    }
+}
+
+/// Reads the MBR of an image file.
+pub fn read_table(image: &Path) -> Result<MbrTable> {
+    let mut f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    parse_mbr(|lba| {
+        let mut s = [0u8; 512];
+        f.seek(SeekFrom::Start(lba * 512)).ok()?;
+        f.read_exact(&mut s).ok()?;
+        Some(s)
+    })
+    .with_context(|| format!("{} has no MBR partition table", image.display()))
+}
+
+/// Reads the file `name` from the top of FAT partition `number` of `image`.
+pub fn read_fat_file(image: &Path, number: u32, name: &str) -> Result<Vec<u8>> {
+    let table = read_table(image)?;
+    let p = table
+        .partition(number)
+        .with_context(|| format!("{}: no partition {number}", image.display()))?;
+    let part = Partition {
+        file: File::open(image).with_context(|| format!("opening {}", image.display()))?,
+        start: p.first_lba * 512,
+        len: p.sectors * 512,
+        pos: 0,
+    };
+    let fs = fatfs::FileSystem::new(part, fatfs::FsOptions::new()).with_context(|| {
+        format!(
+            "{} partition {number}: not a FAT file system",
+            image.display()
+        )
+    })?;
+    let mut out = Vec::new();
+    fs.root_dir()
+        .open_file(name)
+        .with_context(|| format!("{} partition {number}: no {name}", image.display()))?
+        .read_to_end(&mut out)
+        .with_context(|| format!("{} partition {number}: reading {name}", image.display()))?;
+    Ok(out)
+}
+
+impl PiMachine {
+    /// Makes the SD card in the state directory unless kept from an earlier boot.
+    pub fn prepare(cfg: &VmConfig) -> Result<PiMachine> {
+        if !tools::exists(&cfg.board.qemu.system) {
+            bail!(
+                "{} is not installed (scripts/setup.sh installs it)",
+                cfg.board.qemu.system
+            );
+        }
+        if !tools::exists("fdtput") {
+            bail!("fdtput is not installed: it is in the package device-tree-compiler (scripts/setup.sh installs it)");
+        }
+        std::fs::create_dir_all(&cfg.state_dir)
+            .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+        let m = PiMachine {
+            cfg: cfg.clone(),
+            sd: cfg.state_dir.join("sd.img"),
+            tryboot_flag: cfg.state_dir.join("tryboot"),
+        };
+        if !cfg.keep_state || !m.sd.exists() {
+            let _ = std::fs::remove_file(&m.sd);
+            let _ = std::fs::remove_file(&m.tryboot_flag);
+            tools::run(
+                Command::new("cp")
+                    .arg("--sparse=always")
+                    .arg(&cfg.image)
+                    .arg(&m.sd),
+            )?;
+            let len = std::fs::metadata(&m.sd)?.len();
+            let want = len.max(cfg.disk_size.unwrap_or(0)).next_power_of_two();
+            File::options()
+                .write(true)
+                .open(&m.sd)?
+                .set_len(want)
+                .with_context(|| format!("growing {}", m.sd.display()))?;
+        }
+        Ok(m)
+    }
+
+    /// Arms (or disarms) a tryboot for the next power-on.
+    pub fn set_tryboot(&self, on: bool) -> Result<()> {
+        if on {
+            std::fs::write(&self.tryboot_flag, TRYBOOT_REBOOT_ARG)?;
+        } else if self.tryboot_flag.exists() {
+            std::fs::remove_file(&self.tryboot_flag)?;
+        }
+        Ok(())
+    }
+
+    /// The `autoboot.txt` on the SD card now.
+    pub fn autoboot(&self) -> Result<String> {
+        let bytes = read_fat_file(&self.sd, RPI_AUTOBOOT_PARTITION, AUTOBOOT_TXT)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Does the firmware's part of a power-on: chooses the partition, clears
+    /// the flag, and prepares the kernel, initrd and device tree.
+    pub fn firmware(&self) -> Result<FirmwareChoice> {
+        let text = self.autoboot()?;
+        let autoboot = Autoboot::parse(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {AUTOBOOT_TXT}: {e}; the Pi firmware would find no boot partition",
+                self.sd.display()
+            )
+        })?;
+        let tryboot = self.tryboot_flag.exists();
+        let partition = choose_partition(&autoboot, tryboot);
+        self.set_tryboot(false)?;
+        let rpi = self
+            .cfg
+            .board
+            .rpi
+            .as_ref()
+            .context("the board has no rpi section")?;
+        let read = |name: &str| read_fat_file(&self.sd, partition, name);
+        let config = String::from_utf8_lossy(&read("config.txt")?).into_owned();
+        let (kernel_name, initrd_name) = kernel_and_initrd(&config);
+        let kernel_name = kernel_name.context("config.txt has no kernel= line")?;
+        let initrd_name = initrd_name.context("config.txt has no initramfs line")?;
+        let cmdline = String::from_utf8_lossy(&read("cmdline.txt")?)
+            .trim()
+            .to_string();
+        let boot = self.cfg.state_dir.join("firmware");
+        std::fs::create_dir_all(&boot)?;
+        let kernel = boot.join("kernel");
+        let initrd = boot.join("initrd");
+        let dtb = boot.join("board.dtb");
+        std::fs::write(&kernel, read(&kernel_name)?)?;
+        std::fs::write(&initrd, read(&initrd_name)?)?;
+        std::fs::write(&dtb, read(&rpi.dtbs[0])?)?;
+        for node in UNMODELLED_BCM2711_NODES {
+            // A node the board's device tree lacks is fine.
+            let _ = Command::new("fdtput")
+                .args(["-t", "s"])
+                .arg(&dtb)
+                .args([node, "status", "disabled"])
+                .output();
+        }
+        tools::run(
+            Command::new("fdtput")
+                .arg("-c")
+                .arg(&dtb)
+                .arg("/chosen/bootloader"),
+        )?;
+        for (prop, value) in [("tryboot", u32::from(tryboot)), ("partition", partition)] {
+            tools::run(Command::new("fdtput").args(["-t", "u"]).arg(&dtb).args([
+                "/chosen/bootloader",
+                prop,
+                &value.to_string(),
+            ]))?;
+        }
+        Ok(FirmwareChoice {
+            partition,
+            tryboot,
+            cmdline,
+            kernel,
+            initrd,
+            dtb,
+        })
+    }
+
+    /// The QEMU command line for one power-on.
+    pub fn command(&self, choice: &FirmwareChoice) -> Command {
+        let q = &self.cfg.board.qemu;
+        let mut c = Command::new(&q.system);
+        c.args(["-machine", &q.machine, "-accel", "tcg"])
+            .args(["-display", "none", "-no-user-config", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&choice.kernel)
+            .arg("-initrd")
+            .arg(&choice.initrd)
+            .arg("-dtb")
+            .arg(&choice.dtb)
+            .args(["-append", &choice.cmdline])
+            .arg("-drive")
+            .arg(format!("if=sd,format=raw,file={}", self.sd.display()))
+            // The PL011 (ttyAMA0) is the Bluetooth UART on a Pi; the header's
+            // UART, and the console, is the mini UART (ttyS1): QEMU's second serial port.
+            .args(["-serial", "null", "-serial", "mon:stdio"])
+            .args(["-monitor", "none"])
+            .args(&self.cfg.extra_args);
+        c
+    }
+
+    /// Powers the Pi on: the firmware's choice, then QEMU with its console captured.
+    pub fn power_on(&self) -> Result<(Vm, FirmwareChoice)> {
+        let choice = self.firmware()?;
+        let log = self.cfg.state_dir.join("console.log");
+        let vm = Vm::spawn(self.command(&choice), &self.cfg.board.qemu.system, log)?;
+        Ok((vm, choice))
+    }
+
+    /// `basalt run`: boots with the console on this terminal, and powers the
+    /// Pi on again after each guest restart (with the tryboot flag when the
+    /// restart asked for it), until the guest powers off or QEMU is left
+    /// (Ctrl-A X).
+    pub fn run_interactive(&self) -> Result<()> {
+        loop {
+            let choice = self.firmware()?;
+            eprintln!(
+                "firmware: booting partition {}{}",
+                choice.partition,
+                if choice.tryboot { " (tryboot)" } else { "" }
+            );
+            let log = self.cfg.state_dir.join("console-boot.log");
+            let _ = std::fs::remove_file(&log);
+            let mut c = self.command(&choice);
+            // The same console, also written to a file the launcher reads after the boot.
+            let args: Vec<std::ffi::OsString> = c.get_args().map(|a| a.to_owned()).collect();
+            let mut c2 = Command::new(c.get_program());
+            let mut skip = 0;
+            for a in &args {
+                if skip > 0 {
+                    skip -= 1;
+                    continue;
+                }
+                if a == "-serial" || a == "-monitor" {
+                    skip = 1;
+                    continue;
+                }
+                c2.arg(a);
+            }
+            c2.arg("-chardev")
+                .arg(format!(
+                    "stdio,id=console,mux=on,signal=off,logfile={}",
+                    log.display()
+                ))
+                .args(["-serial", "null", "-serial", "chardev:console"])
+                .args(["-mon", "chardev=console"]);
+            c = c2;
+            let status = c.status().context("starting QEMU")?;
+            if !status.success() {
+                bail!("QEMU exited with {status}");
+            }
+            let console = std::fs::read_to_string(&log).unwrap_or_default();
+            let restarted = console
+                .lines()
+                .rev()
+                .find(|l| l.contains("reboot: "))
+                .is_some_and(|l| l.contains("Restarting system"));
+            if !restarted {
+                return Ok(());
+            }
+            self.after_exit(&console)?;
+        }
+    }
+
+    /// After QEMU ended by itself: sets the flag when the guest restarted
+    /// with `tryboot` (`console` is that boot's console).
+    pub fn after_exit(&self, console: &str) -> Result<bool> {
+        let tryboot = console_requests_tryboot(console);
+        if tryboot {
+            self.set_tryboot(true)?;
+        }
+        Ok(tryboot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use basalt_formats::Slot;
+
+    #[test]
+    fn firmware_choice() {
+        let a = Autoboot { committed: Slot::A };
+        assert_eq!(choose_partition(&a, false), 2);
+        assert_eq!(choose_partition(&a, true), 3);
+        let b = Autoboot { committed: Slot::B };
+        assert_eq!(choose_partition(&b, false), 3);
+        assert_eq!(choose_partition(&b, true), 2);
+    }
+
+    #[test]
+    fn reboot_argument_from_the_console() {
+        let c = "[   30.1] reboot: Restarting system with command '0 tryboot'\n";
+        assert!(console_requests_tryboot(c));
+        assert!(!console_requests_tryboot(
+            "[   30.1] reboot: Restarting system\n"
+        ));
+        assert!(!console_requests_tryboot("[   30.1] reboot: Power down\n"));
+        // Only the last restart counts.
+        let two = format!("{c}[   60.2] reboot: Restarting system with command '0'\n");
+        assert!(!console_requests_tryboot(&two));
+    }
+
+    #[test]
+    fn config_txt_names_kernel_and_initrd() {
+        let b = crate::assets::board(basalt_formats::BoardId::Rpi4).unwrap();
+        let text = crate::build::rpi::config_txt(b.rpi.as_ref().unwrap(), Slot::A);
+        assert_eq!(
+            kernel_and_initrd(&text),
+            (Some("vmlinuz".into()), Some("initrd.img".into()))
+        );
+    }
+}
