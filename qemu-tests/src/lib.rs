@@ -230,3 +230,32 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// The numbers of a v2 output tensor's `data` (a JSON array).
+pub fn tensor_data(output: &serde_json::Value) -> Vec<f64> {
+    output["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no data array in {output}"))
+        .iter()
+        .map(|v| v.as_f64().expect("a number"))
+        .collect()
+}
+
+/// Runs the v2 request `body` through tract on the host with the model at
+/// `path` and returns how far the device's first output (`device`, a v2
+/// output tensor) is from the host's, element by element; panics if the
+/// shapes differ.
+pub fn max_diff_from_host(name: &str, path: &Path, body: &[u8], device: &serde_json::Value) -> f64 {
+    let model = basalt_infer::Model::load(name, "host", path, &Default::default())
+        .unwrap_or_else(|e| panic!("{name} on the host: {e}"));
+    let req = basalt_infer::v2::parse_request(body, &Default::default()).expect("a valid request");
+    let want =
+        serde_json::to_value(&model.infer(&req).expect("host inference").outputs[0]).expect("JSON");
+    assert_eq!(device["shape"], want["shape"], "device and host shapes");
+    let (got, want) = (tensor_data(device), tensor_data(&want));
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max)
+}

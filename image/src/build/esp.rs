@@ -60,7 +60,7 @@ pub const LOADER_CONF: &str = "timeout 0\neditor no\nconsole-mode keep\n";
 /// It must be a real date: the UEFI FAT driver refuses to rename a file
 /// (systemd-boot's boot counting does that) whose times are not.
 #[derive(Debug)]
-struct FixedTime(fatfs::DateTime);
+pub(crate) struct FixedTime(pub(crate) fatfs::DateTime);
 
 impl fatfs::TimeProvider for FixedTime {
     fn get_current_date(&self) -> fatfs::Date {

@@ -3,7 +3,7 @@
 //! `cmdline.txt`, the kernel, the basalt initrd and the board's device trees.
 //! Written with the same user-space FAT writer as the ESP.
 
-use super::esp::fat_time;
+use super::esp::{fat_time, FixedTime};
 use basalt_formats::board::{Board, RpiSettings};
 use basalt_formats::tryboot::{Autoboot, AUTOBOOT_TXT};
 use basalt_formats::Slot;
@@ -191,18 +191,6 @@ pub fn check_fits(slot: Slot, files: &[FatFile], size: u64) -> Result<(), RpiErr
         return Err(RpiError::TooSmall { slot, size, needed });
     }
     Ok(())
-}
-
-#[derive(Debug)]
-struct FixedTime(fatfs::DateTime);
-
-impl fatfs::TimeProvider for FixedTime {
-    fn get_current_date(&self) -> fatfs::Date {
-        self.0.date
-    }
-    fn get_current_date_time(&self) -> fatfs::DateTime {
-        self.0
-    }
 }
 
 #[cfg(test)]

@@ -150,34 +150,8 @@ fn x86_64_serves_the_baked_in_model_to_an_allowed_client() {
     assert_eq!(resp["model_name"], "magika");
     assert_eq!(resp["id"], "qemu-1");
     assert!(resp["parameters"]["served_by"].is_string(), "{resp}");
-    let out = &resp["outputs"][0];
-    let got: Vec<f64> = out["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-
     // The same model and input in tract on the host.
-    let model =
-        basalt_infer::Model::load("magika", "1.1.0", &magika_on_host(), &Default::default())
-            .unwrap();
-    let req = basalt_infer::v2::parse_request(&body, &Default::default()).unwrap();
-    let want = model.infer(&req).unwrap();
-    let want = serde_json::to_value(&want.outputs[0]).unwrap();
-    assert_eq!(out["shape"], want["shape"]);
-    let want: Vec<f64> = want["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    assert_eq!(got.len(), want.len());
-    let max_diff = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let max_diff = max_diff_from_host("magika", &magika_on_host(), &body, &resp["outputs"][0]);
     assert!(max_diff < 1e-4, "device and host differ by {max_diff}");
 
     // The request was counted.

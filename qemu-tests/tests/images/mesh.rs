@@ -270,28 +270,7 @@ fn x86_64_three_nodes_form_the_mesh_route_inference_and_survive_a_bad_config() {
     let resp: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(resp["parameters"]["served_by"], node2.to_string(), "{resp}");
     assert_eq!(by_header.as_deref(), Some(node2.to_string().as_str()));
-    let got: Vec<f64> = resp["outputs"][0]["data"]
-        .as_array()
-        .expect("output data")
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    let host = basalt_infer::Model::load(ROUTED_MODEL, "1", &model_path, &Default::default())
-        .expect("the model loads on the host");
-    let req = basalt_infer::v2::parse_request(&body, &Default::default()).unwrap();
-    let want = serde_json::to_value(&host.infer(&req).unwrap().outputs[0]).unwrap();
-    let want: Vec<f64> = want["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    assert_eq!(got.len(), want.len());
-    let diff = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let diff = max_diff_from_host(ROUTED_MODEL, &model_path, &body, &resp["outputs"][0]);
     assert!(diff < 1e-4, "node 2 and the host differ by {diff}");
 
     // Node 3 reboots with a broken cloud-config: it keeps the last good one
