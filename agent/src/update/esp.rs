@@ -82,6 +82,11 @@ impl Esp {
     }
 
     /// Streams a boot file of `slot` into `basalt/<slot>/<file>.new`.
+    ///
+    /// The directory is synced as well as the file: on FAT a file's fsync
+    /// does not write its new directory entry, and `stage` records the slot
+    /// as staged right after this, so a power cut must not leave the state
+    /// saying staged while `apply` finds no `.new` file and arms the old kernel.
     pub fn write_new(&self, slot: Slot, file: &str, mut from: impl Read) -> io::Result<u64> {
         let dir = self.root.join("basalt").join(slot.letter());
         std::fs::create_dir_all(&dir)?;
@@ -89,6 +94,7 @@ impl Esp {
         let mut f = std::fs::File::create(&path)?;
         let n = io::copy(&mut from, &mut f)?;
         f.sync_all()?;
+        sync_dir(&dir)?;
         Ok(n)
     }
 
