@@ -4,5 +4,6 @@
 mod boot;
 mod build;
 mod infer;
+mod power_cut;
 mod provision;
 mod update;
