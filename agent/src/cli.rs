@@ -592,7 +592,9 @@ fn print(json: bool, value: &impl serde::Serialize, human: String) {
     }
 }
 
-fn open_source(source: &str) -> anyhow::Result<Box<dyn std::io::Read>> {
+/// A bundle source as `update check` and `stage` read it: `-` (standard
+/// input), an `http(s)://` URL, or a file, through a 1 MiB buffer.
+pub fn open_source(source: &str) -> anyhow::Result<Box<dyn std::io::Read>> {
     use anyhow::Context;
     if source == "-" {
         return Ok(Box::new(std::io::stdin().lock()));

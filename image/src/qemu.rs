@@ -356,7 +356,8 @@ impl Vm {
             .map(|(_, l)| l)
     }
 
-    fn wait_for_any_since(
+    /// Like [`Vm::wait_for_any`], looking only at what the console printed after `mark`.
+    pub fn wait_for_any_since(
         &mut self,
         mark: usize,
         needles: &[&str],

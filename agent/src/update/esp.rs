@@ -1,6 +1,8 @@
 //! The boot loader's side of an update on UEFI boards: loader entries and
 //! per-slot kernels on the ESP (mounted at `/efi` by systemd), written so
-//! that a power cut at any moment leaves a bootable set of entries.
+//! that a power cut at any moment leaves a bootable set of entries: every
+//! file is synced, and every rename is followed by a sync of the renamed
+//! file and then of its directory ([`rename_synced`]).
 
 use basalt_formats::entry::{Counter, EntryName};
 use basalt_formats::Slot;
@@ -22,6 +24,30 @@ impl Default for Esp {
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Renames a file on the ESP so that the new name survives a power cut.
+///
+/// Linux's vfat makes the new directory entry with no first cluster and a
+/// size of 0, and fills both in only when the file's inode is written
+/// back; syncing the directory does not write it. A power cut after a
+/// rename and a directory sync alone left `basalt-b+3.conf` empty on disk,
+/// which systemd-boot skips (and a promoted `vmlinuz` would have been
+/// empty, or pointing at the old kernel's freed clusters). So the file is
+/// synced under its new name first, then the directory, which drops the
+/// old entry.
+fn rename_synced(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("renaming {} to {}: {e}", from.display(), to.display()),
+        )
+    })?;
+    std::fs::File::open(to)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io::Error::new(e.kind(), format!("syncing {}: {e}", to.display())))?;
+    let dir = to.parent().unwrap_or(Path::new("/"));
+    sync_dir(dir).map_err(|e| io::Error::new(e.kind(), format!("syncing {}: {e}", dir.display())))
 }
 
 impl Esp {
@@ -77,11 +103,15 @@ impl Esp {
                 done: 0,
             }),
         };
-        std::fs::rename(&tmp, dir.join(name.to_string()))?;
-        sync_dir(&dir)
+        rename_synced(&tmp, &dir.join(name.to_string()))
     }
 
     /// Streams a boot file of `slot` into `basalt/<slot>/<file>.new`.
+    ///
+    /// The directory is synced as well as the file: on FAT a file's fsync
+    /// does not write its new directory entry, and `stage` records the slot
+    /// as staged right after this, so a power cut must not leave the state
+    /// saying staged while `apply` finds no `.new` file and arms the old kernel.
     pub fn write_new(&self, slot: Slot, file: &str, mut from: impl Read) -> io::Result<u64> {
         let dir = self.root.join("basalt").join(slot.letter());
         std::fs::create_dir_all(&dir)?;
@@ -89,6 +119,7 @@ impl Esp {
         let mut f = std::fs::File::create(&path)?;
         let n = io::copy(&mut from, &mut f)?;
         f.sync_all()?;
+        sync_dir(&dir)?;
         Ok(n)
     }
 
@@ -104,8 +135,7 @@ impl Esp {
     /// Moves `<file>.new` into place.
     pub fn promote(&self, slot: Slot, file: &str) -> io::Result<()> {
         let dir = self.root.join("basalt").join(slot.letter());
-        std::fs::rename(dir.join(format!("{file}.new")), dir.join(file))?;
-        sync_dir(&dir)
+        rename_synced(&dir.join(format!("{file}.new")), &dir.join(file))
     }
 
     /// Renames a slot's counting entry to its permanent name (what `systemd-bless-boot good` does).
@@ -116,11 +146,10 @@ impl Esp {
                     slot,
                     counter: None,
                 };
-                std::fs::rename(
-                    self.entries_dir().join(e.to_string()),
-                    self.entries_dir().join(good.to_string()),
+                rename_synced(
+                    &self.entries_dir().join(e.to_string()),
+                    &self.entries_dir().join(good.to_string()),
                 )?;
-                sync_dir(&self.entries_dir())?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -136,11 +165,10 @@ impl Esp {
                     slot,
                     counter: Some(Counter { left: 0, done }),
                 };
-                std::fs::rename(
-                    self.entries_dir().join(e.to_string()),
-                    self.entries_dir().join(bad.to_string()),
+                rename_synced(
+                    &self.entries_dir().join(e.to_string()),
+                    &self.entries_dir().join(bad.to_string()),
                 )?;
-                sync_dir(&self.entries_dir())?;
                 Ok(true)
             }
             None => Ok(false),

@@ -568,6 +568,22 @@ pub fn on_boot(
 ) -> (UpdateState, Vec<String>) {
     let mut events = Vec::new();
     let entry = |slot: Slot| entries.iter().find(|e| e.slot == slot);
+    // `apply` writes the counting entry before the state: a power cut
+    // between the two boots the new slot on trial with its record still
+    // `staged`. It is a trial all the same, so that a failure is noticed.
+    if let (Some(SlotRecord::Staged { version }), Some(e)) = (st.get(running), entry(running)) {
+        if version == running_version && e.counter.is_some() {
+            events.push(format!(
+                "slot {running} was armed for {version} but the state still said staged; on trial"
+            ));
+            st.set(
+                running,
+                SlotRecord::Trying {
+                    version: version.clone(),
+                },
+            );
+        }
+    }
     match (
         st.get(running).cloned(),
         entry(running).map(|e| e.assessment()),

@@ -39,6 +39,61 @@ fn a_blessed_trial_is_committed() {
 }
 
 #[test]
+fn a_trial_whose_state_was_not_written_before_a_power_cut_is_still_a_trial() {
+    // apply wrote basalt-b+3.conf, then the power went before state.json said `trying`.
+    let mut st = UpdateState::default();
+    st.set(
+        Slot::B,
+        SlotRecord::Staged {
+            version: "0.2.0".into(),
+        },
+    );
+    let (st, _) = on_boot(
+        st,
+        Slot::B,
+        "0.2.0",
+        &[entry(Slot::A, None), entry(Slot::B, Some((2, 1)))],
+        5,
+    );
+    assert_eq!(st.get(Slot::B), Some(&trying("0.2.0")));
+    // The trial fails: the boot loader falls back, and the failure is recorded.
+    let (st, events) = on_boot(
+        st,
+        Slot::A,
+        "0.1.0",
+        &[entry(Slot::A, None), entry(Slot::B, Some((0, 3)))],
+        9,
+    );
+    assert!(
+        matches!(st.get(Slot::B), Some(SlotRecord::Bad { .. })),
+        "{st:?}"
+    );
+    assert_eq!(st.failed[0].version, "0.2.0");
+    assert!(events[0].contains("did not come up healthy"), "{events:?}");
+    // Blessed on its first try: committed.
+    let mut st = UpdateState::default();
+    st.set(
+        Slot::B,
+        SlotRecord::Staged {
+            version: "0.2.0".into(),
+        },
+    );
+    let (st, _) = on_boot(
+        st,
+        Slot::B,
+        "0.2.0",
+        &[entry(Slot::A, None), entry(Slot::B, None)],
+        5,
+    );
+    assert_eq!(
+        st.get(Slot::B),
+        Some(&SlotRecord::Installed {
+            version: "0.2.0".into()
+        })
+    );
+}
+
+#[test]
 fn a_trial_still_counting_stays_a_trial() {
     let mut st = UpdateState::default();
     st.set(Slot::B, trying("0.2.0"));

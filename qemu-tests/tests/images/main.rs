@@ -5,5 +5,6 @@ mod boot;
 mod build;
 mod infer;
 mod mesh;
+mod power_cut;
 mod provision;
 mod update;

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 /// The debug image at another version, with extra built-in or path overlays.
-fn version_image(version: &str, extra_overlay: Option<&Path>) -> Built {
+pub(crate) fn version_image(version: &str, extra_overlay: Option<&Path>) -> Built {
     cached_image(&format!("debug-x86_64-{version}"), || {
         let dir = work_dir().join(format!("specs/update-{version}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -32,7 +32,7 @@ fn version_image(version: &str, extra_overlay: Option<&Path>) -> Built {
     })
 }
 
-fn make_bundle(image: &Path, key: &Path, out: &Path) -> PathBuf {
+pub(crate) fn make_bundle(image: &Path, key: &Path, out: &Path) -> PathBuf {
     bundle_cmd::bundle(&bundle_cmd::BundleOptions {
         image: image.to_path_buf(),
         key: key.to_path_buf(),
@@ -45,7 +45,7 @@ fn make_bundle(image: &Path, key: &Path, out: &Path) -> PathBuf {
 }
 
 /// A FAT "USB stick" holding `files`.
-fn stick(path: &Path, files: &[PathBuf]) {
+pub(crate) fn stick(path: &Path, files: &[PathBuf]) {
     let total: u64 = files
         .iter()
         .map(|f| std::fs::metadata(f).unwrap().len())
@@ -180,11 +180,10 @@ fn x86_64_update_refusals_commit_and_rollback() {
     }
 
     // (a) v0.2.0 commits.
-    vm.run_ok(
-        "basalt-agent update stage /run/stick/v2.basalt && basalt-agent update apply",
-        long,
-    )
-    .unwrap();
+    vm.run_ok("basalt-agent update stage /run/stick/v2.basalt", long)
+        .unwrap();
+    let applied = std::time::Instant::now();
+    vm.run_ok("basalt-agent update apply", long).unwrap();
     assert!(entries(&mut vm).contains("basalt-b+3.conf"));
     let mark = vm.mark();
     vm.send("systemctl reboot\n").unwrap();
@@ -202,6 +201,11 @@ fn x86_64_update_refusals_commit_and_rollback() {
         .unwrap();
     vm.run_ok("for i in $(seq 90); do ls /efi/loader/entries | grep -qx basalt-b.conf && break; sleep 1; done; ls /efi/loader/entries | grep -qx basalt-b.conf", Duration::from_secs(120))
         .unwrap();
+    // Within a second of the entry's rename (the loop above polls once a second).
+    eprintln!(
+        "update: 0.2.0 committed {:.1} s after `update apply` began (QEMU TCG)",
+        applied.elapsed().as_secs_f64()
+    );
     // A downgrade is refused.
     let (status, out) = vm
         .run("basalt-agent update check /run/stick/v1.basalt", t)
