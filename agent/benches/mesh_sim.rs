@@ -5,7 +5,8 @@
 //!
 //! Scenario per size: every node boots at once with node 0 as its only
 //! bootstrap address (the mass boot of MESH-NOTES); the runtime's schedule
-//! is followed (bootstrap every 2 s while alone, push-pull every 15 s).
+//! is followed (bootstrap every [`BOOTSTRAP_EVERY`] while alone, push-pull
+//! when [`Membership::poll_sync`] finds one due).
 //! Measured:
 //!
 //! - convergence: virtual time until every node has every other as a live
@@ -18,6 +19,7 @@
 //! (sizes default to 10 100 1000).
 
 use basalt_agent::mesh::gossip::{Membership, MembershipConfig, Now, OwnInfo};
+use basalt_agent::mesh::runtime::BOOTSTRAP_EVERY;
 use basalt_agent::mesh::Liveness;
 use basalt_formats::mesh::{NetworkSecret, NetworkToken, WgPublicKey};
 use ed25519_dalek::SigningKey;
@@ -142,27 +144,19 @@ fn run(n: usize) {
     let mut sim = Sim::new(n);
     let seed = sim.nodes[0].identity().addr;
     let start = sim.now.mono;
-    let sync_every = MembershipConfig::default().sync_interval;
     let mut next_bootstrap = vec![start; n];
-    // Spread push-pull phases as independent nodes would have them.
-    let mut next_sync: Vec<Instant> = (0..n)
-        .map(|i| start + sync_every.mul_f64((i as f64 + 0.5) / n as f64))
-        .collect();
 
     let mut step = |sim: &mut Sim| {
         let now = sim.now;
-        for i in 0..n {
+        for (i, next_bootstrap) in next_bootstrap.iter_mut().enumerate() {
             if !sim.alive[i] {
                 continue;
             }
-            if sim.nodes[i].active_members() == 0 && now.mono >= next_bootstrap[i] {
+            if sim.nodes[i].active_members() == 0 && now.mono >= *next_bootstrap {
                 sim.nodes[i].bootstrap(&[seed], now);
-                next_bootstrap[i] = now.mono + Duration::from_secs(2);
+                *next_bootstrap = now.mono + BOOTSTRAP_EVERY;
             }
-            if now.mono >= next_sync[i] {
-                sim.nodes[i].sync_random(now);
-                next_sync[i] = now.mono + sync_every;
-            }
+            sim.nodes[i].poll_sync(now);
             sim.collect(i);
         }
         sim.advance(TICK);

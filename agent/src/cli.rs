@@ -198,7 +198,7 @@ struct MeshRunArgs {
     /// Send no LAN beacons.
     #[arg(long)]
     no_beacons: bool,
-    /// Seconds between push-pull exchanges with a random member.
+    /// Seconds between push-pull exchanges with a random member once the view is stable.
     #[arg(long, value_name = "SECONDS", default_value_t = 15)]
     sync_interval: u64,
 }

@@ -1,6 +1,7 @@
 //! Membership: SWIM (the `foca` crate) over sealed datagrams, signed
-//! descriptors as foca's custom broadcasts, and a push-pull of the whole
-//! view every [`MembershipConfig::sync_interval`].
+//! descriptors as foca's custom broadcasts, and a push-pull of views that
+//! starts with a digest, every second while the view is changing and every
+//! [`MembershipConfig::sync_interval`] once it is stable.
 //!
 //! [`Membership`] does no I/O: datagrams and timer ticks go in, datagrams to
 //! send come out ([`Membership::take_outgoing`]), so the same code runs in
@@ -10,16 +11,25 @@
 //! # How a node joins and stays in
 //!
 //! - **Bootstrap and beacons.** Until it knows a member, a node sends a sync
-//!   request to each bootstrap address; a LAN beacon from a node it does not
-//!   know as a live member gets one too. The answer is the other side's
-//!   view, which foca applies; foca's `MemberUp` then asks each new member
+//!   request with its whole view (itself) to each bootstrap address; a LAN
+//!   beacon from a node it does not know as a live member gets one too. The
+//!   answer is the other side's whole view, which foca applies; foca's `MemberUp` then asks each new member
 //!   for its descriptor (`Want`) if it has none.
-//! - **Push-pull.** Every [`MembershipConfig::sync_interval`] a node sends
-//!   its view (members with their SWIM state and the `seq` of the descriptor
-//!   it holds) to one random member, which answers with its own; each side
-//!   sends the descriptors the other lacks and asks for the ones it lacks.
-//!   SWIM alone spreads updates by piggybacking, which after a mass boot
-//!   took minutes to converge (MESH-NOTES); this brings it to one interval.
+//! - **Push-pull.** When [`Membership::poll_sync`] finds one due, a node
+//!   sends one random member a digest of its view: the members (itself
+//!   included) fall into [`DIGEST_BUCKETS`] buckets by node id, and each
+//!   bucket is summed up in 8 bytes ([`view_digest`]: identity, down or not,
+//!   `seq` of the descriptor held). The receiver sends its members in the
+//!   buckets that differ ([`digest_diff`]) and gets the sender's members in
+//!   the same buckets back; each side then sends the descriptors the other
+//!   lacks and asks for the ones it lacks. Nodes that agree exchange one
+//!   512-byte datagram. SWIM alone spreads updates by piggybacking, which
+//!   after a mass boot took minutes to converge (MESH-NOTES).
+//! - **Schedule.** [`sync_delay`]: every [`SYNC_FAST`] in a node's first
+//!   [`SYNC_FAST_AFTER_START`] and for [`SYNC_FAST_AFTER_JOIN`] after a
+//!   member came up, every [`MembershipConfig::sync_interval`] otherwise,
+//!   each give or take a quarter. The runtime and the simulation both
+//!   follow it through [`Membership::poll_sync`].
 //! - **Identity.** A foca identity is the node id, its gossip address and a
 //!   stamp (UNIX ms at start). Foca treats the node id as the member's
 //!   address, so a restarted node (higher stamp, maybe a new address)
@@ -64,6 +74,86 @@ const WANT_CHUNK: usize = 32;
 const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 /// At most one sync answer to a beacon per node in this time.
 const BEACON_SYNC_EVERY: Duration = Duration::from_secs(5);
+/// Push-pull period while the view is still changing.
+pub const SYNC_FAST: Duration = Duration::from_secs(1);
+/// Push-pull stays fast this long after start...
+pub const SYNC_FAST_AFTER_START: Duration = Duration::from_secs(30);
+/// ...and this long after a member was last seen to come up.
+pub const SYNC_FAST_AFTER_JOIN: Duration = Duration::from_secs(10);
+
+/// Buckets of a push-pull digest; a member falls in one by the first byte of
+/// its node id.
+pub const DIGEST_BUCKETS: usize = 64;
+/// A [`Body::Sync`] scope covering every bucket: the whole view.
+pub const WHOLE_VIEW: u64 = u64::MAX;
+
+/// The digest bucket of a node.
+pub fn digest_bucket(node: &[u8; 32]) -> usize {
+    usize::from(node[0]) * DIGEST_BUCKETS / 256
+}
+
+fn in_scope(node: &[u8; 32], scope: u64) -> bool {
+    scope & (1 << digest_bucket(node)) != 0
+}
+
+/// Per bucket, an order-free hash of what push-pull reconciles about each
+/// member in it: its identity (node id and stamp), whether it is down, and
+/// the `seq` of the descriptor held. Incarnations and suspicion are SWIM's
+/// to spread. Not a security measure: datagrams are authenticated, and a
+/// member could lie in the entries as well.
+pub fn view_digest(entries: &[SyncEntry]) -> Vec<[u8; 8]> {
+    let mut sums = vec![0u64; DIGEST_BUCKETS];
+    for e in entries {
+        let id = e.member.id();
+        // FNV-1a, then splitmix64's finaliser so sums of entries mix well.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let down = [u8::from(e.member.state() == State::Down)];
+        let seq = e.seq.map_or([0xff; 9], |s| {
+            let mut b = [0u8; 9];
+            b[1..].copy_from_slice(&s.to_le_bytes());
+            b
+        });
+        for byte in id
+            .node
+            .iter()
+            .chain(&id.stamp.to_le_bytes())
+            .chain(&down)
+            .chain(&seq)
+        {
+            h = (h ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+        let b = &mut sums[digest_bucket(&id.node)];
+        *b = b.wrapping_add(h);
+    }
+    sums.into_iter().map(u64::to_le_bytes).collect()
+}
+
+/// The buckets in which two digests differ, as a [`Body::Sync`] scope; the
+/// whole view if they are not both [`DIGEST_BUCKETS`] long.
+pub fn digest_diff(mine: &[[u8; 8]], theirs: &[[u8; 8]]) -> u64 {
+    if mine.len() != DIGEST_BUCKETS || theirs.len() != DIGEST_BUCKETS {
+        return WHOLE_VIEW;
+    }
+    mine.iter()
+        .zip(theirs)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .fold(0, |scope, (i, _)| scope | 1 << i)
+}
+
+/// How long after the last push-pull the next is due: [`SYNC_FAST`] in the
+/// first [`SYNC_FAST_AFTER_START`] and for [`SYNC_FAST_AFTER_JOIN`] after a
+/// member came up (a view still changing), `steady` otherwise.
+pub fn sync_delay(since_start: Duration, since_join: Duration, steady: Duration) -> Duration {
+    if since_start < SYNC_FAST_AFTER_START || since_join < SYNC_FAST_AFTER_JOIN {
+        SYNC_FAST.min(steady)
+    } else {
+        steady
+    }
+}
 
 /// A foca identity: who, where its gossip goes, and which start of it.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -307,7 +397,8 @@ pub struct MembershipConfig {
     /// Expected fleet size: sets how often updates are repeated and how long
     /// a suspect has to answer (foca's `new_lan`).
     pub cluster_size_hint: u32,
-    /// Push-pull with one random member this often.
+    /// Push-pull with one random member this often once the view is
+    /// stable ([`sync_delay`]).
     pub sync_interval: Duration,
 }
 
@@ -386,6 +477,10 @@ pub struct Membership {
     own_seq: u64,
     sent_bytes: u64,
     sent_datagrams: u64,
+    started: Instant,
+    last_join: Instant,
+    last_sync: Instant,
+    sync_jitter: f64,
 }
 
 impl fmt::Debug for Membership {
@@ -456,7 +551,12 @@ impl Membership {
             own_seq: 0,
             sent_bytes: 0,
             sent_datagrams: 0,
+            started: now.mono,
+            last_join: now.mono,
+            last_sync: now.mono,
+            sync_jitter: 1.0,
         };
+        m.sync_jitter = m.rng.random_range(0.5..1.5);
         m.sign_own(now)?;
         Ok(m)
     }
@@ -476,9 +576,21 @@ impl Membership {
         &self.own
     }
 
-    /// The push-pull interval.
-    pub fn sync_interval(&self) -> Duration {
-        self.config.sync_interval
+    /// Push-pull with a random member if one is due by [`sync_delay`]
+    /// (give or take a quarter, so nodes started together drift apart). The
+    /// runtime calls this every tick, the simulation too.
+    pub fn poll_sync(&mut self, now: Now) {
+        let since = |t: Instant| now.mono.saturating_duration_since(t);
+        let delay = sync_delay(
+            since(self.started),
+            since(self.last_join),
+            self.config.sync_interval,
+        );
+        if since(self.last_sync) >= delay.mul_f64(self.sync_jitter) {
+            self.sync_random(now);
+            self.last_sync = now.mono;
+            self.sync_jitter = self.rng.random_range(0.75..1.25);
+        }
     }
 
     /// Datagrams dropped, by reason.
@@ -587,6 +699,7 @@ impl Membership {
         match n {
             OwnedNotification::MemberUp(id) => {
                 log::info!("member up: {id:?}");
+                self.last_join = now.mono;
                 if self.store.borrow().seq(&id.node).is_none() {
                     if let Some(addr) = self.dest(&id) {
                         self.push(addr, Kind::Gossip, Body::Want(vec![id.node]), now);
@@ -711,8 +824,15 @@ impl Membership {
                     Body::Sync {
                         reply,
                         first,
+                        scope,
                         entries,
-                    } => self.on_sync(src, reply, first, entries, now),
+                    } => self.on_sync(src, reply, first, scope, entries, now),
+                    Body::Digest(hashes) => {
+                        let scope = digest_diff(&view_digest(&self.view(WHOLE_VIEW)), &hashes);
+                        if scope != 0 {
+                            self.send_sync(src, false, scope, now);
+                        }
+                    }
                     Body::Want(nodes) => {
                         for n in nodes.iter().take(WANT_CHUNK) {
                             let wire = self.store.borrow().wire(n).cloned();
@@ -754,7 +874,7 @@ impl Membership {
         }
         log::info!("beacon from {from:?} at {src}: syncing");
         self.beacon_synced.insert(from.node, now.mono);
-        self.send_sync(src, false, now);
+        self.send_sync(src, false, WHOLE_VIEW, now);
     }
 
     fn on_sync(
@@ -762,6 +882,7 @@ impl Membership {
         src: SocketAddr,
         reply: bool,
         first: bool,
+        scope: u64,
         entries: Vec<SyncEntry>,
         now: Now,
     ) {
@@ -793,29 +914,44 @@ impl Membership {
             self.push(src, Kind::Gossip, Body::Want(chunk.to_vec()), now);
         }
         if !reply && first {
-            self.send_sync(src, true, now);
+            self.send_sync(src, true, scope, now);
         }
     }
 
-    fn send_sync(&mut self, to: SocketAddr, reply: bool, now: Now) {
-        let mut entries = vec![SyncEntry {
-            member: Member::alive(self.me.clone()),
-            seq: Some(self.own_seq),
-        }];
-        {
-            let store = self.store.borrow();
-            entries.extend(self.foca.iter_membership_state().map(|m| SyncEntry {
-                member: m.clone(),
-                seq: store.seq(&m.id().node),
-            }));
-        }
-        for (i, chunk) in entries.chunks(SYNC_CHUNK).enumerate() {
+    /// This node's view in the buckets of `scope`: itself and every member
+    /// foca holds, with the `seq` of the descriptor held.
+    fn view(&self, scope: u64) -> Vec<SyncEntry> {
+        let store = self.store.borrow();
+        std::iter::once(Member::alive(self.me.clone()))
+            .chain(self.foca.iter_membership_state().cloned())
+            .filter(|m| in_scope(&m.id().node, scope))
+            .map(|m| {
+                let seq = if m.id().node == self.me.node {
+                    Some(self.own_seq)
+                } else {
+                    store.seq(&m.id().node)
+                };
+                SyncEntry { member: m, seq }
+            })
+            .collect()
+    }
+
+    fn send_sync(&mut self, to: SocketAddr, reply: bool, scope: u64, now: Now) {
+        let entries = self.view(scope);
+        // An empty scope still gets one datagram, so a request is answered.
+        let chunks: Vec<&[SyncEntry]> = if entries.is_empty() {
+            vec![&[]]
+        } else {
+            entries.chunks(SYNC_CHUNK).collect()
+        };
+        for (i, chunk) in chunks.into_iter().enumerate() {
             self.push(
                 to,
                 Kind::Gossip,
                 Body::Sync {
                     reply,
                     first: i == 0,
+                    scope,
                     entries: chunk.to_vec(),
                 },
                 now,
@@ -827,12 +963,14 @@ impl Membership {
     pub fn bootstrap(&mut self, addrs: &[SocketAddr], now: Now) {
         for a in addrs {
             if *a != self.me.addr {
-                self.send_sync(*a, false, now);
+                self.send_sync(*a, false, WHOLE_VIEW, now);
             }
         }
     }
 
-    /// Push-pull with one random live member, if there is one.
+    /// Push-pull with one random live member, if there is one: send it the
+    /// view's digest; it answers with its members in the buckets that
+    /// differ, and gets this node's back.
     pub fn sync_random(&mut self, now: Now) {
         let reachable: Vec<SocketAddr> = self
             .foca
@@ -841,8 +979,13 @@ impl Membership {
             .collect();
         let pick = reachable.into_iter().choose(&mut self.rng);
         if let Some(addr) = pick {
-            self.send_sync(addr, false, now);
+            self.sync_with(addr, now);
         }
+    }
+
+    fn sync_with(&mut self, addr: SocketAddr, now: Now) {
+        let digest = view_digest(&self.view(WHOLE_VIEW));
+        self.push(addr, Kind::Gossip, Body::Digest(digest), now);
     }
 
     /// A sealed LAN beacon.
@@ -1019,6 +1162,144 @@ mod tests {
             pump(nodes, now);
         }
         now
+    }
+
+    #[test]
+    fn push_pull_is_fast_while_the_view_changes() {
+        let steady = Duration::from_secs(15);
+        let s = Duration::from_secs;
+        // Just started: fast, whatever happened since.
+        assert_eq!(sync_delay(s(0), s(0), steady), SYNC_FAST);
+        assert_eq!(sync_delay(s(29), s(29), steady), SYNC_FAST);
+        // Long up and nobody new for a while: steady.
+        assert_eq!(sync_delay(s(30), s(30), steady), steady);
+        assert_eq!(sync_delay(s(3600), s(10), steady), steady);
+        // A member came up recently: fast again.
+        assert_eq!(sync_delay(s(3600), s(9), steady), SYNC_FAST);
+        // Never slower than asked for.
+        assert_eq!(
+            sync_delay(s(0), s(0), Duration::from_millis(500)),
+            Duration::from_millis(500)
+        );
+    }
+
+    fn entry(first: u8, stamp: u64, state: State, inc: u16, seq: Option<u64>) -> SyncEntry {
+        let mut node = [7u8; 32];
+        node[0] = first;
+        let id = MeshIdentity {
+            node,
+            addr: "192.0.2.1:7946".parse().unwrap(),
+            stamp,
+        };
+        SyncEntry {
+            member: Member::new(id, inc, state),
+            seq,
+        }
+    }
+
+    #[test]
+    fn digests_differ_only_where_the_views_do() {
+        let view: Vec<SyncEntry> = (0..=255u8)
+            .map(|i| entry(i, 1000, State::Alive, 0, Some(u64::from(i))))
+            .collect();
+        let d = view_digest(&view);
+        assert_eq!(d.len(), DIGEST_BUCKETS);
+        let mut reversed = view.clone();
+        reversed.reverse();
+        assert_eq!(digest_diff(&d, &view_digest(&reversed)), 0, "order is free");
+
+        // What push-pull reconciles shows in the member's bucket only.
+        let bucket_of_9 = 1u64 << digest_bucket(&view[9].member.id().node);
+        for changed in [
+            entry(9, 1000, State::Alive, 0, Some(10)),
+            entry(9, 1000, State::Alive, 0, None),
+            entry(9, 1001, State::Alive, 0, Some(9)),
+            entry(9, 1000, State::Down, 0, Some(9)),
+        ] {
+            let mut other = view.clone();
+            other[9] = changed.clone();
+            assert_eq!(
+                digest_diff(&d, &view_digest(&other)),
+                bucket_of_9,
+                "{changed:?}"
+            );
+        }
+        let mut missing = view.clone();
+        missing.remove(200);
+        let bucket_of_200 = 1u64 << digest_bucket(&view[200].member.id().node);
+        assert_eq!(digest_diff(&d, &view_digest(&missing)), bucket_of_200);
+
+        // SWIM's own business does not.
+        let mut other = view.clone();
+        other[9] = entry(9, 1000, State::Suspect, 3, Some(9));
+        assert_eq!(digest_diff(&d, &view_digest(&other)), 0);
+
+        // A digest of another shape asks for everything.
+        assert_eq!(digest_diff(&d, &d[..10]), WHOLE_VIEW);
+        assert_eq!(digest_diff(&d, &[]), WHOLE_VIEW);
+    }
+
+    #[test]
+    fn push_pull_between_agreeing_nodes_is_one_datagram() {
+        let now = Now::real();
+        let mut nodes: Vec<Membership> = (1..=3).map(|i| node(i, 1, now)).collect();
+        let seed = nodes[0].identity().addr;
+        for n in nodes.iter_mut().skip(1) {
+            n.bootstrap(&[seed], now);
+        }
+        pump(&mut nodes, now);
+        let now = run_for(&mut nodes, now, 3);
+        let before: u64 = nodes.iter().map(|n| n.sent().1).sum();
+        nodes[1].sync_random(now);
+        assert_eq!(pump(&mut nodes, now), 1);
+        let after: u64 = nodes.iter().map(|n| n.sent().1).sum();
+        assert_eq!(after - before, 1);
+
+        // A new descriptor makes one bucket differ; the exchange carries it.
+        let mut own = nodes[2].own().clone();
+        own.endpoints = vec!["198.51.100.3:51821".parse().unwrap()];
+        nodes[2].update_own(own, now).unwrap();
+        nodes[2].take_outgoing();
+        let mut pair: Vec<Membership> = nodes.drain(1..).collect();
+        let to = pair[0].identity().addr;
+        pair[1].sync_with(to, now);
+        // Digest, the differing bucket both ways, the descriptor.
+        assert_eq!(pump(&mut pair, now), 4);
+        let seq = pair[1].own_seq;
+        assert_eq!(
+            pair[0].store.borrow().seq(&pair[1].identity().node),
+            Some(seq)
+        );
+    }
+
+    #[test]
+    fn push_pull_is_frequent_at_first_then_backs_off() {
+        let start = Now::real();
+        let mut nodes = vec![node(1, 1, start), node(2, 1, start)];
+        let a = nodes[0].identity().addr;
+        nodes[1].bootstrap(&[a], start);
+        pump(&mut nodes, start);
+        let mut now = start;
+        let mut syncs = Vec::new();
+        for _ in 0..900 {
+            now = now.after(Duration::from_millis(100));
+            for n in nodes.iter_mut() {
+                n.handle_timers(now);
+            }
+            let before = nodes[0].last_sync;
+            nodes[0].poll_sync(now);
+            if nodes[0].last_sync != before {
+                syncs.push((now.mono - start.mono).as_secs_f64());
+            }
+            nodes[1].poll_sync(now);
+            pump(&mut nodes, now);
+        }
+        let early = syncs.iter().filter(|t| **t < 30.0).count();
+        let late = syncs.iter().filter(|t| **t >= 45.0).count();
+        assert!(early >= 20, "{syncs:?}");
+        // 45 s at 15 s give or take a quarter.
+        assert!((2..=4).contains(&late), "{syncs:?}");
+        assert!(nodes.iter().all(|n| n.active_members() == 1));
     }
 
     #[test]

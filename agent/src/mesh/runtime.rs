@@ -11,7 +11,9 @@
 //! - while it knows no member: a sync request to every bootstrap address
 //!   every 2 s; LAN beacons every 2 s while alone or in its first 30 s (so
 //!   groups that formed at a mass boot find each other), every 10 s after;
-//!   push-pull with a random member every [`MembershipConfig::sync_interval`];
+//!   push-pull with a random member when [`Membership::poll_sync`] finds
+//!   one due (every second while the view changes, every
+//!   [`MembershipConfig::sync_interval`] once it is stable);
 //! - on SIGTERM or Ctrl-C: leave the cluster, remove the interface.
 //!
 //! # Ports
@@ -540,7 +542,6 @@ impl<D: WgDevice, T: Tools> Mesh<D, T> {
         let started = Instant::now();
         let mut last_bootstrap: Option<Instant> = None;
         let mut last_beacon: Option<Instant> = None;
-        let mut last_sync = Instant::now();
         let mut last_reconcile = Instant::now();
         loop {
             let deadline = self
@@ -579,10 +580,7 @@ impl<D: WgDevice, T: Tools> Mesh<D, T> {
                         }
                         last_beacon = Some(Instant::now());
                     }
-                    if last_sync.elapsed() >= self.membership.sync_interval() {
-                        self.membership.sync_random(now);
-                        last_sync = Instant::now();
-                    }
+                    self.membership.poll_sync(now);
                     self.membership.forget_old(now);
                     reconcile_now = true;
                 }

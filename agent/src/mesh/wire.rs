@@ -292,13 +292,16 @@ pub struct SyncEntry {
 pub enum Body {
     /// A foca (SWIM) message.
     Foca(Vec<u8>),
-    /// Part of the sender's view, for push-pull. The receiver of a request
-    /// (`reply == false`) with `first` set answers with its own view.
+    /// Part of the sender's view, for push-pull: its members in the digest
+    /// buckets of `scope`. The receiver of a request (`reply == false`) with
+    /// `first` set answers with its own members in the same buckets.
     Sync {
         /// Whether this answers a request.
         reply: bool,
         /// Whether this is the first part.
         first: bool,
+        /// Bit `b` set: bucket `b` is covered (all bits: the whole view).
+        scope: u64,
         /// The members.
         entries: Vec<SyncEntry>,
     },
@@ -308,6 +311,9 @@ pub enum Body {
     Descriptor(WireDescriptor),
     /// "I am here": a LAN beacon.
     Beacon,
+    /// A push-pull request: a hash of the sender's view per digest bucket.
+    /// The receiver starts a [`Body::Sync`] of the buckets that differ.
+    Digest(Vec<[u8; 8]>),
 }
 
 /// A datagram's plaintext.
