@@ -20,8 +20,8 @@ use basalt_agent::update::{self, Device};
 use basalt_formats::boot::BootInfo;
 use basalt_formats::bundle::stream::BundleWriter;
 use basalt_formats::bundle::{
-    Compression, Manifest, Payload, PayloadName, SecretKey, Sha256Digest, SignatureEntry,
-    Signatures, TrustPolicy, MANIFEST_FORMAT,
+    Manifest, Payload, PayloadName, SecretKey, Sha256Digest, SignatureEntry, Signatures,
+    TrustPolicy, MANIFEST_FORMAT,
 };
 use basalt_formats::release::Release;
 use basalt_formats::spec::RootfsType;
@@ -118,21 +118,11 @@ fn write_bundle(dir: &Path, key: &SecretKey, rootfs: &[u8]) -> (PathBuf, PathBuf
         payloads: parts
             .iter()
             .zip(&compressed)
-            .map(|((name, raw), c)| Payload {
-                name: *name,
-                compression: Compression::Zstd,
-                size: raw.len() as u64,
-                sha256: Sha256Digest::of(raw),
-                compressed_size: c.len() as u64,
-                compressed_sha256: Sha256Digest::of(c),
-            })
+            .map(|((name, raw), c)| Payload::zstd(*name, raw, c))
             .collect(),
     };
     let bytes = manifest.to_bytes();
-    let sigs = Signatures(vec![SignatureEntry {
-        key_id: key.public_key().key_id(),
-        signature: key.sign(&bytes),
-    }]);
+    let sigs = Signatures(vec![SignatureEntry::sign(key, &bytes)]);
     let bundle = dir.join("bench.basalt");
     let file = std::fs::File::create(&bundle).unwrap();
     let mut w = BundleWriter::new(std::io::BufWriter::new(file), &bytes, &sigs).unwrap();

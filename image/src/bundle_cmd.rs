@@ -512,10 +512,7 @@ pub fn bundle(opts: &BundleOptions) -> Result<BundleOutcome> {
     // Refuses a floor above the version, an invalid name and the like.
     Manifest::parse(&manifest_bytes).map_err(|e| bundle_at(&out)(e.into()))?;
     let step = progress.step("signing and writing the bundle");
-    let signatures = Signatures(vec![SignatureEntry {
-        key_id: secret.public_key().key_id(),
-        signature: secret.sign(&manifest_bytes),
-    }]);
+    let signatures = Signatures(vec![SignatureEntry::sign(&secret, &manifest_bytes)]);
     write_atomically(&out, None, |w| {
         let mut writer = BundleWriter::new(w, &manifest_bytes, &signatures)?;
         for (payload, file) in manifest.payloads.iter().zip(&mut files) {
@@ -598,10 +595,9 @@ pub fn sign(path: &Path, key: &Path) -> Result<SignOutcome> {
         });
     }
     signatures.0.retain(|e| e.key_id != public.key_id());
-    signatures.0.push(SignatureEntry {
-        key_id: public.key_id(),
-        signature: secret.sign(&manifest_bytes),
-    });
+    signatures
+        .0
+        .push(SignatureEntry::sign(&secret, &manifest_bytes));
     let mut payloads = reader.without_verification().map_err(bundle_at(path))?;
     let count = signatures.0.len();
     write_atomically(path, Some(mode), |w| {

@@ -1,8 +1,6 @@
 use super::*;
 use basalt_formats::bundle::stream::BundleWriter;
-use basalt_formats::bundle::{
-    Compression, Payload, SecretKey, Sha256Digest, SignatureEntry, Signatures, MANIFEST_FORMAT,
-};
+use basalt_formats::bundle::{Payload, SecretKey, SignatureEntry, Signatures, MANIFEST_FORMAT};
 use basalt_formats::entry::Counter;
 use basalt_formats::spec::RootfsType;
 use basalt_formats::{Arch, BoardId};
@@ -219,21 +217,11 @@ pub(crate) fn bundle(
         payloads: parts
             .iter()
             .zip(&compressed)
-            .map(|((name, raw), c)| Payload {
-                name: *name,
-                compression: Compression::Zstd,
-                size: raw.len() as u64,
-                sha256: Sha256Digest::of(raw),
-                compressed_size: c.len() as u64,
-                compressed_sha256: Sha256Digest::of(c),
-            })
+            .map(|((name, raw), c)| Payload::zstd(*name, raw, c))
             .collect(),
     };
     let bytes = manifest.to_bytes();
-    let sigs = Signatures(vec![SignatureEntry {
-        key_id: key.public_key().key_id(),
-        signature: key.sign(&bytes),
-    }]);
+    let sigs = Signatures(vec![SignatureEntry::sign(key, &bytes)]);
     let mut w = BundleWriter::new(Vec::new(), &bytes, &sigs).unwrap();
     for ((name, _), c) in parts.iter().zip(compressed) {
         w.payload(*name, &c[..]).unwrap();

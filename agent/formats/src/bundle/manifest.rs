@@ -95,6 +95,20 @@ pub struct Payload {
     pub compressed_sha256: Sha256Digest,
 }
 
+impl Payload {
+    /// A zstd payload whose member holds `compressed`, made from `raw`.
+    pub fn zstd(name: PayloadName, raw: &[u8], compressed: &[u8]) -> Payload {
+        Payload {
+            name,
+            compression: Compression::Zstd,
+            size: raw.len() as u64,
+            sha256: Sha256Digest::of(raw),
+            compressed_size: compressed.len() as u64,
+            compressed_sha256: Sha256Digest::of(compressed),
+        }
+    }
+}
+
 /// A bundle manifest. Build one with [`Manifest::parse`] (which validates)
 /// or fill the fields and call [`Manifest::validate`] before writing it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

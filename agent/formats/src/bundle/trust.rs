@@ -5,7 +5,7 @@
 //! old and the new key while devices trust both with a threshold of 1, then
 //! dropping the old key from the next image.
 
-use super::keys::{KeyId, PublicKey, Signature};
+use super::keys::{KeyId, PublicKey, SecretKey, Signature};
 use super::manifest::{Manifest, ManifestError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -22,6 +22,16 @@ pub struct SignatureEntry {
     pub key_id: KeyId,
     /// Ed25519 signature of the manifest's exact bytes.
     pub signature: Signature,
+}
+
+impl SignatureEntry {
+    /// `key`'s signature of a manifest's exact bytes.
+    pub fn sign(key: &SecretKey, manifest_bytes: &[u8]) -> SignatureEntry {
+        SignatureEntry {
+            key_id: key.public_key().key_id(),
+            signature: key.sign(manifest_bytes),
+        }
+    }
 }
 
 /// The `signatures.json` member: a JSON list of [`SignatureEntry`].

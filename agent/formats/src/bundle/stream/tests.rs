@@ -3,7 +3,6 @@
 use super::*;
 use crate::board::BoardId;
 use crate::bundle::keys::SecretKey;
-use crate::bundle::manifest::Compression;
 use crate::bundle::trust::SignatureEntry;
 use crate::spec::RootfsType;
 use std::cell::Cell;
@@ -47,24 +46,14 @@ fn build_with(
         payloads: payloads
             .iter()
             .zip(&compressed)
-            .map(|((name, d), c)| Payload {
-                name: *name,
-                compression: Compression::Zstd,
-                size: d.len() as u64,
-                sha256: Sha256Digest::of(d),
-                compressed_size: c.len() as u64,
-                compressed_sha256: Sha256Digest::of(c),
-            })
+            .map(|((name, d), c)| Payload::zstd(*name, d, c))
             .collect(),
     };
     edit(&mut manifest);
     let manifest_bytes = manifest.to_bytes();
     let sigs = Signatures(
         keys.iter()
-            .map(|k| SignatureEntry {
-                key_id: k.public_key().key_id(),
-                signature: k.sign(&manifest_bytes),
-            })
+            .map(|k| SignatureEntry::sign(k, &manifest_bytes))
             .collect(),
     );
     let mut w = BundleWriter::new(Vec::new(), &manifest_bytes, &sigs).unwrap();
