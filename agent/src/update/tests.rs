@@ -12,6 +12,13 @@ pub(crate) fn entry(slot: Slot, counter: Option<(u32, u32)>) -> EntryName {
     }
 }
 
+/// A state where `apply` left slot B: staged, not yet recorded as trying.
+fn staged_on_b(v: &str) -> UpdateState {
+    let mut st = UpdateState::default();
+    st.set(Slot::B, SlotRecord::Staged { version: v.into() });
+    st
+}
+
 fn trying(v: &str) -> SlotRecord {
     SlotRecord::Trying { version: v.into() }
 }
@@ -39,13 +46,7 @@ fn a_blessed_trial_is_committed() {
 #[test]
 fn a_trial_whose_state_was_not_written_before_a_power_cut_is_still_a_trial() {
     // apply wrote basalt-b+3.conf, then the power went before state.json said `trying`.
-    let mut st = UpdateState::default();
-    st.set(
-        Slot::B,
-        SlotRecord::Staged {
-            version: "0.2.0".into(),
-        },
-    );
+    let st = staged_on_b("0.2.0");
     let (st, _) = on_boot(
         st,
         Slot::B,
@@ -69,13 +70,7 @@ fn a_trial_whose_state_was_not_written_before_a_power_cut_is_still_a_trial() {
     assert_eq!(st.failed[0].version, "0.2.0");
     assert!(events[0].contains("did not come up healthy"), "{events:?}");
     // Blessed on its first try: committed.
-    let mut st = UpdateState::default();
-    st.set(
-        Slot::B,
-        SlotRecord::Staged {
-            version: "0.2.0".into(),
-        },
-    );
+    let st = staged_on_b("0.2.0");
     let (st, _) = on_boot(
         st,
         Slot::B,
