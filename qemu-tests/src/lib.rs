@@ -259,3 +259,11 @@ pub fn max_diff_from_host(name: &str, path: &Path, body: &[u8], device: &serde_j
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max)
 }
+
+/// Seconds since the UNIX epoch, for signing requests to a device.
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs()
+}

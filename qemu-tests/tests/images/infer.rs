@@ -8,13 +8,6 @@ use ed25519_dalek::SigningKey;
 use qemu_tests::*;
 use std::time::{Duration, Instant};
 
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 /// magika's input: the bytes of a file, padded with its token 256.
 fn magika_input(len: usize) -> Vec<i32> {
     let text =

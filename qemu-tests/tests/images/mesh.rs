@@ -28,13 +28,6 @@ const MESH_BOUND: Duration = Duration::from_secs(240);
 /// The model only node 2 serves: PP-OCR's text-direction classifier.
 const ROUTED_MODEL: &str = "ppocr-cls";
 
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn mesh_status(vm: &mut Vm) -> Option<MeshStatus> {
     let out = vm
         .run(
