@@ -280,12 +280,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             });
             let mut extra_args = Vec::new();
             if let Some(file) = &cloud_config {
-                let v = config_cmd::validate_file(file)
+                let text = std::fs::read_to_string(file)
                     .with_context(|| format!("reading {}", file.display()))?;
+                let v = config_cmd::validate_text(&file.display().to_string(), &text);
                 if !v.is_valid() {
                     bail!("{}", v.human());
                 }
-                let text = std::fs::read_to_string(file)?;
                 std::fs::create_dir_all(&state_dir)
                     .with_context(|| format!("creating {}", state_dir.display()))?;
                 let seed = state_dir.join("cidata.img");
