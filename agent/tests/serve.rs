@@ -3,6 +3,7 @@
 
 use basalt_agent::serve::{self, models, Limits, Server};
 use basalt_formats::metering::verify_log;
+use basalt_infer::v2;
 use ed25519_dalek::SigningKey;
 use prost::Message;
 use std::path::Path;
@@ -581,6 +582,88 @@ async fn a_model_this_node_lacks_is_served_by_a_peer_that_has_it() {
     assert_eq!(r.status().as_u16(), 404);
     // No peer has it: 404, not a forward.
     assert_eq!(a.infer("nope", request(1)).await.0, 404);
+}
+
+/// Sends `req` as binary tensor data asking for binary outputs; the status
+/// and the parsed answer.
+async fn infer_binary(
+    r: &Running,
+    model: &str,
+    req: &v2::InferRequest,
+) -> (u16, v2::InferResponse) {
+    let mut req = req.clone();
+    req.parameters = Some(
+        serde_json::json!({"binary_data_output": true})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    let (body, len) = v2::binary_request(&req);
+    let resp = r
+        .client
+        .post(format!("{}/v2/models/{model}/infer", r.base))
+        .header(v2::HEADER_LENGTH, len)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let code = resp.status().as_u16();
+    let answer_len = resp
+        .headers()
+        .get(v2::HEADER_LENGTH)
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/octet-stream",
+        "binary answers say so"
+    );
+    let bytes = resp.bytes().await.unwrap();
+    let parsed = v2::binary::parse_response(&bytes, answer_len)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes)));
+    (code, parsed)
+}
+
+#[tokio::test]
+async fn binary_tensor_data_gets_the_same_answer_locally_and_through_a_peer() {
+    let b = start_node(Limits::default(), 4, 6, None).await;
+    let req = v2::parse_request(request(2).as_bytes(), &Default::default()).unwrap();
+    let (code, json, _) = b.infer("mlp", request(2)).await;
+    assert_eq!(code, 200);
+    let json: v2::InferResponse = serde_json::from_value(json).unwrap();
+    let (code, bin) = infer_binary(&b, "mlp", &req).await;
+    assert_eq!(code, 200);
+    assert_eq!(bin.outputs, json.outputs);
+    assert_eq!(bin.id.as_deref(), Some("r1"));
+
+    // Forwarded: the peer gets the header, the caller gets the peer's bytes.
+    let dir = serve::route::StaticDirectory(vec![(
+        "mlp".into(),
+        serve::route::Candidate {
+            node: b.server.node.unwrap(),
+            base: b.base.clone(),
+            load: 0,
+        },
+    )]);
+    let a = start_node(Limits::default(), 1, 7, Some(Arc::new(dir))).await;
+    let (code, fwd) = infer_binary(&a, "mlp", &req).await;
+    assert_eq!(code, 200);
+    assert_eq!(fwd.outputs, json.outputs);
+
+    // A length header that does not fit the body is a 400 naming it.
+    let r = a
+        .client
+        .post(format!("{}/v2/models/mlp/infer", b.base))
+        .header(v2::HEADER_LENGTH, "many")
+        .body(request(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("inference-header-content-length"));
 }
 
 #[tokio::test]

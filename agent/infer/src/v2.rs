@@ -5,12 +5,19 @@
 //! In memory it is typed ([`TensorData`]): the parser checks each element
 //! against the declared datatype, so a request that parsed holds no value
 //! out of range for its type.
+//!
+//! Tensors may also travel as raw little-endian bytes after the JSON, as in
+//! the protocol's binary tensor data extension (what Triton's clients send
+//! by default): see [`binary`].
 
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Map;
 use std::fmt;
 use tract_onnx::prelude::f16;
+
+pub mod binary;
+pub use binary::{binary_request, BinaryOutputs, HEADER_LENGTH};
 
 use crate::InferError;
 
@@ -289,7 +296,20 @@ impl Default for RequestLimits {
 /// its shape and the limits, and each element against the datatype.
 /// Whether the inputs suit a model is [`crate::Model::infer`]'s check.
 pub fn parse_request(body: &[u8], limits: &RequestLimits) -> Result<InferRequest, InferError> {
-    let wire: WireRequest = serde_json::from_slice(body)
+    parse_request_with(body, None, limits)
+}
+
+/// [`parse_request`] for a body that may carry binary tensor data:
+/// `header_len` is the `Inference-Header-Content-Length` header, the length
+/// of the JSON at the start of the body; inputs with a `binary_data_size`
+/// parameter take their bytes, in order, from what follows it.
+pub fn parse_request_with(
+    body: &[u8],
+    header_len: Option<usize>,
+    limits: &RequestLimits,
+) -> Result<InferRequest, InferError> {
+    let (json, mut rest) = binary::split(body, header_len).map_err(InferError::BadRequest)?;
+    let wire: WireRequest = serde_json::from_slice(json)
         .map_err(|e| InferError::BadRequest(format!("request body: {e}")))?;
     let mut total = 0usize;
     for input in &wire.inputs {
@@ -316,12 +336,22 @@ pub fn parse_request(body: &[u8], limits: &RequestLimits) -> Result<InferRequest
         .into_iter()
         .map(|t| {
             let name = t.name.clone();
-            RequestInput::try_from(t).map_err(|message| InferError::BadInput {
-                input: name,
-                message,
+            let (name, shape, datatype, parameters, data) =
+                t.typed_data(rest.as_mut())
+                    .map_err(|message| InferError::BadInput {
+                        input: name,
+                        message,
+                    })?;
+            Ok(RequestInput {
+                name,
+                shape,
+                datatype,
+                parameters,
+                data,
             })
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, InferError>>()?;
+    binary::all_taken(rest).map_err(InferError::BadRequest)?;
     Ok(InferRequest {
         id: wire.id,
         parameters: wire.parameters,
@@ -365,49 +395,65 @@ struct WireTensor {
     datatype: Datatype,
     #[serde(default)]
     parameters: Option<Map<String, serde_json::Value>>,
-    data: FlatElements,
+    /// Absent when the tensor's bytes follow the JSON (`binary_data_size`).
+    #[serde(default)]
+    data: Option<FlatElements>,
 }
+
+/// A tensor, typed: name, shape, datatype, parameters, data.
+type Typed = (
+    String,
+    Vec<u64>,
+    Datatype,
+    Option<Map<String, serde_json::Value>>,
+    TensorData,
+);
 
 impl WireTensor {
     /// Checks the element count against the shape (which the caller has
-    /// bounded), then types the elements.
-    fn typed_data(self) -> Result<(String, Vec<u64>, Datatype, TensorData), String> {
+    /// bounded), then types the elements: from the JSON `data`, or from
+    /// the next `binary_data_size` bytes of `binary` (`None` when the body
+    /// has no binary part). `binary_data_size` is taken out of the
+    /// parameters.
+    fn typed_data(mut self, binary: Option<&mut &[u8]>) -> Result<Typed, String> {
         let declared = self
             .shape
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d));
-        if declared != Some(self.data.0.len() as u64) {
-            return Err(format!(
-                "data holds {} elements, shape {:?} needs {}",
-                self.data.0.len(),
-                self.shape,
-                declared.map_or_else(|| "more than 2^64".to_owned(), |n| n.to_string())
-            ));
-        }
-        let data = TensorData::from_elements(self.datatype, self.data.0)?;
-        Ok((self.name, self.shape, self.datatype, data))
-    }
-}
-
-impl TryFrom<WireTensor> for RequestInput {
-    type Error = String;
-    fn try_from(t: WireTensor) -> Result<Self, String> {
-        let parameters = t.parameters.clone();
-        let (name, shape, datatype, data) = t.typed_data()?;
-        Ok(RequestInput {
-            name,
-            shape,
-            datatype,
-            parameters,
-            data,
-        })
+        let size = binary::take_size(&mut self.parameters)?;
+        let data = match (self.data, size) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "has both data and {}; give one",
+                    binary::SIZE_PARAMETER
+                ))
+            }
+            (None, None) => return Err("has no data".into()),
+            (None, Some(size)) => {
+                let n = declared.ok_or("its shape declares more than 2^64 elements")?;
+                let bytes = binary::take(binary, size)?;
+                TensorData::from_le_bytes(self.datatype, n, bytes)?
+            }
+            (Some(elements), None) => {
+                if declared != Some(elements.0.len() as u64) {
+                    return Err(format!(
+                        "data holds {} elements, shape {:?} needs {}",
+                        elements.0.len(),
+                        self.shape,
+                        declared.map_or_else(|| "more than 2^64".to_owned(), |n| n.to_string())
+                    ));
+                }
+                TensorData::from_elements(self.datatype, elements.0)?
+            }
+        };
+        Ok((self.name, self.shape, self.datatype, self.parameters, data))
     }
 }
 
 impl TryFrom<WireTensor> for ResponseOutput {
     type Error = String;
     fn try_from(t: WireTensor) -> Result<Self, String> {
-        let (name, shape, datatype, data) = t.typed_data()?;
+        let (name, shape, datatype, _, data) = t.typed_data(None)?;
         Ok(ResponseOutput {
             name,
             shape,

@@ -43,6 +43,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Semaphore};
 
+/// The content type of bodies with binary tensor data.
+const BINARY_CONTENT_TYPE: &str = "application/octet-stream";
 /// The port the server listens on, on every address of the node.
 pub const DEFAULT_PORT: u16 = 8080;
 /// Time a client has to send its whole body.
@@ -492,10 +494,22 @@ async fn infer(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    // Binary tensor data: the length of the JSON at the start of the body.
+    let header_len = match headers.get(v2::HEADER_LENGTH).map(|v| {
+        v.to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .ok_or_else(|| format!("{}: {v:?} is not a length", v2::HEADER_LENGTH))
+    }) {
+        None => Ok(None),
+        Some(Ok(n)) => Ok(Some(n)),
+        Some(Err(e)) => Err(error(400, e)),
+    };
+    let body = header_len.and_then(|h| body.map(|b| (b, h)));
     let mut served_by = None;
     let (response, caller, bytes_in, digest, version) = match body {
         Err(r) => (r, None, 0, [0; 32], None),
-        Ok(body) => {
+        Ok((body, header_len)) => {
             let digest: [u8; 32] = Sha256::digest(&body).into();
             match check(&s, peer.ip(), &headers, &method, &uri, &body) {
                 Err(r) => (r, None, body.len() as u64, digest, None),
@@ -504,14 +518,14 @@ async fn infer(
                     let forwarded = if local || hops >= route::MAX_HOPS {
                         None
                     } else {
-                        forward(&s, &name, body.clone(), hops).await
+                        forward(&s, &name, body.clone(), header_len, hops).await
                     };
                     let (r, version) = match forwarded {
                         Some((r, by)) => {
                             served_by = by;
                             (r, None)
                         }
-                        None => run(&s, &name, &body).await,
+                        None => run(&s, &name, &body, header_len).await,
                     };
                     (r, Some(c), body.len() as u64, digest, version)
                 }
@@ -568,6 +582,7 @@ async fn forward(
     s: &Server,
     name: &str,
     body: axum::body::Bytes,
+    header_len: Option<usize>,
     hops: u32,
 ) -> Option<(Response, Option<basalt_formats::mesh::NodeId>)> {
     let candidates = s.directory.as_ref()?.candidates(name);
@@ -577,15 +592,19 @@ async fn forward(
     let mut tried = Vec::new();
     for c in candidates {
         let url = format!("{}/v2/models/{name}/infer", c.base);
-        let sent = s
+        let mut request = s
             .http
             .post(&url)
             .header(route::HOPS_HEADER, (hops + 1).to_string())
-            .header(axum::http::header::CONTENT_TYPE, "application/json")
             .timeout(s.limits.timeout)
-            .body(body.clone())
-            .send()
-            .await;
+            .body(body.clone());
+        request = match header_len {
+            Some(n) => request
+                .header(v2::HEADER_LENGTH, n.to_string())
+                .header(axum::http::header::CONTENT_TYPE, BINARY_CONTENT_TYPE),
+            None => request.header(axum::http::header::CONTENT_TYPE, "application/json"),
+        };
+        let sent = request.send().await;
         let r = match sent {
             Ok(r) => r,
             Err(e) => {
@@ -599,6 +618,7 @@ async fn forward(
             tried.push(format!("{}: answered {status}", c.node));
             continue;
         }
+        let answer_len = r.headers().get(v2::HEADER_LENGTH).cloned();
         let by = r
             .headers()
             .get(SERVED_BY_HEADER)
@@ -614,10 +634,18 @@ async fn forward(
         };
         let mut resp = Response::new(Body::from(bytes));
         *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let content_type = if answer_len.is_some() {
+            BINARY_CONTENT_TYPE
+        } else {
+            "application/json"
+        };
         resp.headers_mut().insert(
             axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
+            HeaderValue::from_static(content_type),
         );
+        if let Some(n) = answer_len {
+            resp.headers_mut().insert(v2::HEADER_LENGTH, n);
+        }
         if let Ok(v) = HeaderValue::from_str(&by.to_string()) {
             resp.headers_mut().insert(SERVED_BY_HEADER, v);
         }
@@ -636,7 +664,12 @@ async fn forward(
 }
 
 /// Parses, queues and runs one request; returns the answer and the model version.
-async fn run(s: &Server, name: &str, body: &[u8]) -> (Response, Option<String>) {
+async fn run(
+    s: &Server,
+    name: &str,
+    body: &[u8],
+    header_len: Option<usize>,
+) -> (Response, Option<String>) {
     let Some(served) = s.models.get(name) else {
         return match s.models.status(name) {
             Some(st) => (
@@ -650,8 +683,9 @@ async fn run(s: &Server, name: &str, body: &[u8]) -> (Response, Option<String>) 
         };
     };
     let version = Some(served.model.version().to_string());
-    let request = match v2::parse_request(
+    let request = match v2::parse_request_with(
         body,
+        header_len,
         &v2::RequestLimits {
             max_elements: s.limits.max_elements,
         },
@@ -659,6 +693,7 @@ async fn run(s: &Server, name: &str, body: &[u8]) -> (Response, Option<String>) 
         Ok(r) => r,
         Err(e) => return (error(e.status(), e.to_string()), version),
     };
+    let binary = v2::BinaryOutputs::of(&request);
     // Admission: the running requests plus the queue's capacity.
     let cap = s.limits.threads + s.limits.queue_capacity;
     if s.pending.fetch_add(1, Ordering::AcqRel) >= cap {
@@ -713,7 +748,24 @@ async fn run(s: &Server, name: &str, body: &[u8]) -> (Response, Option<String>) 
                     .get_or_insert_with(Default::default)
                     .insert("served_by".into(), json!(n.to_string()));
             }
-            (axum::Json(resp).into_response(), version)
+            let response = match binary.response(&resp) {
+                None => axum::Json(resp).into_response(),
+                Some((body, len)) => (
+                    [
+                        (
+                            axum::http::header::CONTENT_TYPE,
+                            BINARY_CONTENT_TYPE.to_string(),
+                        ),
+                        (
+                            axum::http::HeaderName::from_static(v2::HEADER_LENGTH),
+                            len.to_string(),
+                        ),
+                    ],
+                    body,
+                )
+                    .into_response(),
+            };
+            (response, version)
         }
     }
 }

@@ -1,0 +1,431 @@
+//! What the agent's inference server costs on top of tract, and what it
+//! holds in memory, as Markdown tables.
+//!
+//!     scripts/fetch-models.sh
+//!     cargo bench -p basalt-agent --bench serve
+//!
+//! The server runs in a child process (this binary, started again with
+//! `--server`), built as `basalt-agent` builds it: one current-thread async
+//! runtime, models run on blocking threads, metering on. The client is this
+//! process, over loopback HTTP/1.1 with keep-alive.
+//!
+//! 1. Latency, one request at a time: tract alone (`Model::infer` on a
+//!    parsed request, as `cargo bench -p basalt-infer --bench models`) and
+//!    the same request through the server, as JSON and as binary tensor
+//!    data; the difference is what HTTP, parsing, access control and
+//!    metering add.
+//! 2. Throughput of magika with 8 clients at once, dynamic batching on
+//!    (batch of up to 8) and off.
+//! 3. The server's resident memory: started with no models, with the
+//!    three models loaded, and its peak after the runs above.
+
+#[path = "../infer/tests/support/mod.rs"]
+mod support;
+
+use basalt_agent::serve::{self, models, Limits, Server};
+use basalt_infer::v2::{self, Datatype, InferRequest, TensorData};
+use basalt_infer::{LoadOptions, Model};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+const BATCH_CLIENTS: usize = 8;
+const BATCH_SECONDS: u64 = 6;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--server") {
+        return server(Path::new(&args[i + 1]));
+    }
+    let dir = models_dir("bench serve").expect("models");
+    let work = tempfile::tempdir().expect("temporary directory");
+    let root = work.path().join("models");
+    // (served name, file, batch_max)
+    let served = [
+        ("magika", "magika.onnx", 8),
+        ("magika-unbatched", "magika.onnx", 1),
+        ("ppocr-cls", "ppocr-cls.onnx", 1),
+        ("ppocr-rec", "ppocr-rec.onnx", 1),
+    ];
+    for (name, file, batch_max) in served {
+        install(&root, name, &dir.join(file), batch_max);
+    }
+
+    let mut child = ServerProcess::spawn(&root, work.path());
+    let idle = child.rss();
+    child.load(served.len());
+    let loaded = child.rss();
+    let base = child.base.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = reqwest::Client::new();
+
+    let magika = magika_samples(&dir).swap_remove(0).1;
+    let cases: [(&str, &str, &[u64], TensorData, usize); 3] = [
+        (
+            "magika",
+            "magika.onnx",
+            &[1, 2048],
+            TensorData::Int32(magika.clone()),
+            200,
+        ),
+        (
+            "ppocr-cls",
+            "ppocr-cls.onnx",
+            &[1, 3, 48, 192],
+            TensorData::Fp32(text_line_image(1, 48, 192)),
+            500,
+        ),
+        (
+            "ppocr-rec",
+            "ppocr-rec.onnx",
+            &[1, 3, 48, 320],
+            TensorData::Fp32(text_line_image(1, 48, 320)),
+            100,
+        ),
+    ];
+    println!("| model | input | runs | tract p50 | tract p99 | JSON p50 | JSON p99 | JSON adds (p50) | binary p50 | binary p99 | binary adds (p50) |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (name, file, shape, data, runs) in cases {
+        let model = Model::load(name, "1", &dir.join(file), &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let input = model.inputs()[0].name.clone();
+        let datatype = data.datatype();
+        let req: InferRequest = request(&input, datatype, shape, data);
+        let want = model.infer(&req).expect("warm-up");
+        let tract = stats(
+            (0..runs)
+                .map(|_| time(|| drop(model.infer(&req))))
+                .collect(),
+        );
+        let url = format!("{base}/v2/models/{name}/infer");
+        let json = serde_json::to_vec(&req).expect("request JSON");
+        let (binary, header_len) = v2::binary_request(&req);
+        let json_ms = rt.block_on(sequential(&client, &url, &json, None, runs, &want));
+        let binary_ms = rt.block_on(sequential(
+            &client,
+            &url,
+            &binary,
+            Some(header_len),
+            runs,
+            &want,
+        ));
+        let (j, b) = (stats(json_ms), stats(binary_ms));
+        println!(
+            "| {name} | {datatype} {shape:?} | {runs} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms ({:+.0} %) | {:.2} ms | {:.2} ms | {:.2} ms ({:+.0} %) |",
+            tract.p50,
+            tract.p99,
+            j.p50,
+            j.p99,
+            j.p50 - tract.p50,
+            100.0 * (j.p50 / tract.p50 - 1.0),
+            b.p50,
+            b.p99,
+            b.p50 - tract.p50,
+            100.0 * (b.p50 / tract.p50 - 1.0),
+        );
+    }
+
+    println!();
+    println!(
+        "| magika, {BATCH_CLIENTS} clients, {BATCH_SECONDS} s | requests/s | p50 | p99 | mean batch |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let req = request(
+        "bytes",
+        Datatype::INT32,
+        &[1, 2048],
+        TensorData::Int32(magika),
+    );
+    let (body, header_len) = v2::binary_request(&req);
+    for (label, name) in [
+        ("batching on (up to 8)", "magika"),
+        ("batching off", "magika-unbatched"),
+    ] {
+        let url = format!("{base}/v2/models/{name}/infer");
+        let before = batches(&rt, &client, &base, name);
+        let (n, ms) = rt.block_on(concurrent(&client, &url, &body, header_len));
+        let after = batches(&rt, &client, &base, name);
+        let s = stats(ms);
+        let mean_batch = if after.1 > before.1 {
+            (after.0 - before.0) / (after.1 - before.1)
+        } else {
+            f64::NAN
+        };
+        println!(
+            "| {label} | {:.1} | {:.2} ms | {:.2} ms | {mean_batch:.2} |",
+            n as f64 / BATCH_SECONDS as f64,
+            s.p50,
+            s.p99
+        );
+    }
+
+    let peak = child.hwm();
+    println!();
+    println!("| server memory | RSS |");
+    println!("| --- | ---: |");
+    println!("| started, no models | {:.1} MiB |", mib(idle));
+    println!(
+        "| magika, PP-OCR cls and rec loaded (magika twice) | {:.1} MiB |",
+        mib(loaded)
+    );
+    println!("| peak, after the runs above | {:.1} MiB |", mib(peak));
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn time(f: impl FnOnce()) -> f64 {
+    let start = Instant::now();
+    f();
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+struct Stats {
+    p50: f64,
+    p99: f64,
+}
+
+fn stats(mut ms: Vec<f64>) -> Stats {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    Stats {
+        p50: at(0.5),
+        p99: at(0.99),
+    }
+}
+
+/// A model directory as the image builder writes it.
+fn install(root: &Path, name: &str, onnx: &Path, batch_max: u32) {
+    use sha2::Digest;
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).expect("model directory");
+    let bytes = std::fs::read(onnx).unwrap_or_else(|e| panic!("{}: {e}", onnx.display()));
+    std::fs::write(dir.join("model.onnx"), &bytes).expect("model file");
+    let m = serde_json::json!({"name": name, "version": "1", "file": "model.onnx",
+        "sha256": hex::encode(sha2::Sha256::digest(&bytes)), "batch_max": batch_max});
+    std::fs::write(dir.join("model.json"), m.to_string()).expect("manifest");
+}
+
+fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: &[u8],
+    header_len: Option<usize>,
+) -> reqwest::RequestBuilder {
+    let r = client.post(url).body(body.to_vec());
+    match header_len {
+        Some(n) => r
+            .header(v2::HEADER_LENGTH, n)
+            .header("content-type", "application/octet-stream"),
+        None => r.header("content-type", "application/json"),
+    }
+}
+
+/// `runs` requests one after another (after one to warm up, whose answer
+/// must equal tract's); milliseconds each.
+async fn sequential(
+    client: &reqwest::Client,
+    url: &str,
+    body: &[u8],
+    header_len: Option<usize>,
+    runs: usize,
+    want: &v2::InferResponse,
+) -> Vec<f64> {
+    let r = post(client, url, body, header_len)
+        .send()
+        .await
+        .expect("warm-up request");
+    assert_eq!(r.status(), 200, "{url}: {:?}", r.text().await);
+    let got: v2::InferResponse = r.json().await.expect("response JSON");
+    assert_eq!(got.outputs, want.outputs, "{url}: the server's answer");
+    let mut out = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        let r = post(client, url, body, header_len)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200);
+        r.bytes().await.expect("response body");
+        out.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    out
+}
+
+/// [`BATCH_CLIENTS`] clients sending as fast as answers come, for
+/// [`BATCH_SECONDS`]; requests answered and each one's milliseconds.
+async fn concurrent(
+    client: &reqwest::Client,
+    url: &str,
+    body: &[u8],
+    header_len: usize,
+) -> (usize, Vec<f64>) {
+    let until = Instant::now() + Duration::from_secs(BATCH_SECONDS);
+    let tasks: Vec<_> = (0..BATCH_CLIENTS)
+        .map(|_| {
+            let (client, url, body) = (client.clone(), url.to_string(), body.to_vec());
+            tokio::spawn(async move {
+                let mut ms = Vec::new();
+                while Instant::now() < until {
+                    let start = Instant::now();
+                    let r = post(&client, &url, &body, Some(header_len))
+                        .send()
+                        .await
+                        .expect("request");
+                    assert_eq!(r.status(), 200);
+                    r.bytes().await.expect("response body");
+                    ms.push(start.elapsed().as_secs_f64() * 1000.0);
+                }
+                ms
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("client task"));
+    }
+    (all.len(), all)
+}
+
+/// The server's batch-size histogram for `model`: (sum, count).
+fn batches(
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    base: &str,
+    model: &str,
+) -> (f64, f64) {
+    let text = rt.block_on(async {
+        client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    });
+    let value = |suffix: &str| {
+        let prefix = format!("basalt_inference_batch_size_{suffix}{{model=\"{model}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (value("sum"), value("count"))
+}
+
+/// The server process, as the parent sees it.
+struct ServerProcess {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    base: String,
+}
+
+impl ServerProcess {
+    /// Starts this binary as the server; its first line is its address.
+    fn spawn(root: &Path, work: &Path) -> ServerProcess {
+        let mut child = Command::new(std::env::current_exe().expect("this binary"))
+            .arg("--server")
+            .arg(root)
+            .env("BASALT_BENCH_WORK", work)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("server process");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let base = lines
+            .next()
+            .and_then(Result::ok)
+            .and_then(|l| l.strip_prefix("listening ").map(str::to_string))
+            .expect("the server's address");
+        ServerProcess { child, lines, base }
+    }
+
+    fn status(&self, field: &str) -> u64 {
+        let path = format!("/proc/{}/status", self.child.id());
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        text.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{path}: no {field}"))
+    }
+    fn rss(&self) -> u64 {
+        self.status("VmRSS:")
+    }
+    fn hwm(&self) -> u64 {
+        self.status("VmHWM:")
+    }
+    /// Asks the server to load its models and waits until `n` are ready.
+    fn load(&mut self, n: usize) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "load").expect("to the server");
+        let line = self.lines.next().and_then(Result::ok);
+        assert_eq!(line.as_deref(), Some(&*format!("ready {n}")), "models");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The child: a server as the agent runs one, on a loopback port; loads
+/// the models under `root` when told to on standard input.
+fn server(root: &Path) {
+    let work = PathBuf::from(std::env::var_os("BASALT_BENCH_WORK").expect("BASALT_BENCH_WORK"));
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let metering = basalt_agent::metering::MeteringLog::open(&work.join("metering"), key.clone())
+        .expect("metering log");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let s = Server::new(
+            models::Registry::new(None),
+            Limits::default(),
+            serve::access::Access {
+                clients_dir: work.join("node"),
+                ..Default::default()
+            },
+            Some(metering),
+            Some(basalt_formats::mesh::NodeId::from_verifying_key(
+                &key.verifying_key(),
+            )),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        println!(
+            "listening http://{}",
+            listener.local_addr().expect("address")
+        );
+        tokio::spawn(s.clone().serve(listener, std::future::pending()));
+        let mut line = String::new();
+        tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line))
+            .await
+            .expect("stdin")
+            .expect("stdin");
+        s.load_models(vec![root.to_path_buf()])
+            .await
+            .expect("loading");
+        let list = s.models.list();
+        let ready = list
+            .iter()
+            .filter(|m| matches!(m.state, models::State::Ready { .. }))
+            .count();
+        assert_eq!(ready, list.len(), "{list:?}");
+        println!("ready {ready}");
+        // Serve until the parent is done.
+        std::future::pending::<()>().await;
+    });
+}
