@@ -58,14 +58,14 @@ fn main() {
     child.load(served.len());
     let loaded = child.rss();
     let base = child.base.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let client = reqwest::Client::new();
 
-    let magika = magika_samples(&dir).swap_remove(0).1;
+    let readme = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+    let magika = magika_features(&std::fs::read(readme).expect(readme));
     let cases: [(&str, &str, &[u64], TensorData, usize); 3] = [
         (
             "magika",

@@ -426,7 +426,6 @@ async fn a_full_queue_is_429_and_a_slow_answer_504() {
 async fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
     let limits = Limits {
         threads: 1,
-        batch_window: Duration::from_millis(50),
         ..Limits::default()
     };
     let r = start(limits, 8).await;

@@ -1,11 +1,14 @@
-//! Dynamic batching: one queue per model. The batcher takes the first
-//! waiting request, gathers more for up to [`super::Limits::batch_window`]
-//! while the batch has rows to spare, waits for a worker, and runs the lot
-//! as one batch. Under load the queue fills while workers are busy, so
-//! batches grow by themselves; idle, a request waits at most the window.
+//! Dynamic batching: one queue per model. Requests gather while they wait
+//! for a worker: a request that finds a worker free runs at once, alone (on
+//! a CPU, waiting for company only adds latency); requests that arrive while
+//! every worker is busy pile up, and when a worker frees up it takes its
+//! share of them as one batch, at most `batch_max` rows. The share is the
+//! waiting rows divided among the free workers, so that a burst keeps every
+//! core busy instead of filling one batch while the other cores idle.
 
 use super::{Job, Limits};
 use basalt_infer::Model;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -18,6 +21,31 @@ fn rows(job: &Job) -> usize {
         .map(|&d| d as usize)
         .unwrap_or(1)
         .max(1)
+}
+
+/// How many rows the next batch takes: the waiting rows shared among the
+/// free workers (this one included), at least one request, at most
+/// `batch_max`.
+fn share(waiting_rows: usize, free_workers: usize, batch_max: usize) -> usize {
+    waiting_rows
+        .div_ceil(free_workers.max(1))
+        .clamp(1, batch_max.max(1))
+}
+
+/// Takes the next batch off the front of `waiting`: whole requests while
+/// they fit in `limit` rows, and always the first.
+fn next_batch(waiting: &mut VecDeque<Job>, limit: usize) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    let mut total = 0;
+    while let Some(j) = waiting.front() {
+        let r = rows(j);
+        if !jobs.is_empty() && total + r > limit {
+            break;
+        }
+        total += r;
+        jobs.push(waiting.pop_front().expect("a front"));
+    }
+    jobs
 }
 
 /// Starts the batcher of `model` and returns its queue.
@@ -35,37 +63,44 @@ pub fn start(
         let labels = super::metrics::ModelLabels {
             model: model.name().to_string(),
         };
-        let mut held: Option<Job> = None;
+        let mut waiting: VecDeque<Job> = VecDeque::new();
+        let mut open = true;
         loop {
-            let first = match held.take() {
-                Some(j) => j,
-                None => match rx.recv().await {
-                    Some(j) => j,
+            if waiting.is_empty() {
+                match rx.recv().await {
+                    Some(j) => waiting.push_back(j),
                     None => return,
-                },
-            };
-            let mut total = rows(&first);
-            let mut jobs = vec![first];
-            if batch_max > 1 && total < batch_max {
-                let deadline = tokio::time::Instant::now() + limits.batch_window;
-                while total < batch_max {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(j)) => {
-                            let r = rows(&j);
-                            if total + r > batch_max {
-                                held = Some(j);
-                                break;
-                            }
-                            total += r;
-                            jobs.push(j);
-                        }
-                        _ => break,
-                    }
                 }
             }
-            let Ok(permit) = workers.clone().acquire_owned().await else {
+            // A worker; until one is free, keep gathering.
+            let permit = loop {
+                while let Ok(j) = rx.try_recv() {
+                    waiting.push_back(j);
+                }
+                if let Ok(p) = workers.clone().try_acquire_owned() {
+                    break Some(p);
+                }
+                tokio::select! {
+                    p = workers.clone().acquire_owned() => break p.ok(),
+                    j = rx.recv(), if open => match j {
+                        Some(j) => waiting.push_back(j),
+                        None => open = false,
+                    },
+                }
+            };
+            let Some(permit) = permit else {
                 return;
             };
+            let limit = if batch_max > 1 {
+                share(
+                    waiting.iter().map(rows).sum(),
+                    workers.available_permits() + 1,
+                    batch_max,
+                )
+            } else {
+                1
+            };
+            let mut jobs = next_batch(&mut waiting, limit);
             metrics
                 .queue_depth
                 .get_or_create(&labels)
@@ -99,4 +134,53 @@ pub fn start(
         }
     });
     tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_shared_among_the_free_workers() {
+        // 8 waiting, 2 workers free: 4 each, not 8 on one core.
+        assert_eq!(share(8, 2, 8), 4);
+        assert_eq!(share(7, 2, 8), 4);
+        // One worker free: everything that fits.
+        assert_eq!(share(6, 1, 8), 6);
+        assert_eq!(share(20, 1, 8), 8);
+        // Never less than one request, never more than batch_max.
+        assert_eq!(share(1, 4, 8), 1);
+        assert_eq!(share(0, 0, 8), 1);
+        assert_eq!(share(9, 1, 1), 1);
+    }
+
+    fn job(rows: u64) -> Job {
+        let (reply, _) = tokio::sync::oneshot::channel();
+        Job {
+            request: basalt_infer::v2::InferRequest {
+                id: None,
+                parameters: None,
+                inputs: vec![basalt_infer::v2::RequestInput {
+                    name: "x".into(),
+                    shape: vec![rows, 1],
+                    datatype: basalt_infer::v2::Datatype::FP32,
+                    parameters: None,
+                    data: basalt_infer::v2::TensorData::Fp32(vec![0.0; rows as usize]),
+                }],
+                outputs: None,
+            },
+            reply,
+        }
+    }
+
+    #[test]
+    fn batches_take_whole_requests_in_order() {
+        let mut w: VecDeque<Job> = [2, 3, 1, 4].into_iter().map(job).collect();
+        let sizes = |b: Vec<Job>| b.iter().map(rows).collect::<Vec<_>>();
+        assert_eq!(sizes(next_batch(&mut w, 5)), [2, 3]);
+        // A request larger than the limit still runs, alone.
+        assert_eq!(sizes(next_batch(&mut w, 0)), [1]);
+        assert_eq!(sizes(next_batch(&mut w, 3)), [4]);
+        assert!(w.is_empty());
+    }
 }

@@ -61,8 +61,6 @@ pub struct Limits {
     pub timeout: Duration,
     /// Models run at once (each run uses one core).
     pub threads: usize,
-    /// How long a batch waits for more requests.
-    pub batch_window: Duration,
     /// Most tensor elements one request may declare.
     pub max_elements: usize,
 }
@@ -74,7 +72,6 @@ impl Default for Limits {
             queue_capacity: 64,
             timeout: Duration::from_secs(30),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            batch_window: Duration::from_millis(2),
             max_elements: 16 << 20,
         }
     }
