@@ -16,7 +16,7 @@ use std::time::Duration;
     name = "basalt",
     version,
     about = "Build immutable A/B appliance images for edge devices",
-    after_help = "Examples:\n  basalt build                                   # the default appliance for x86_64-uefi, into ./out\n  basalt build my-spec.yaml --board arm64-uefi --out build/\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt mesh token --network lab\n  basalt config validate user-data.yaml\n  basalt keygen --out keys/release\n  basalt bundle out/basalt-appliance-0.1.0-x86_64-uefi.img --key keys/release.key"
+    after_help = "Examples:\n  basalt build                                   # the default appliance for x86_64-uefi, into ./out\n  basalt build my-spec.yaml --board arm64-uefi --out build/\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt mesh token --network lab\n  basalt config validate user-data.yaml\n  basalt keygen --out keys/release\n  basalt bundle out/basalt-appliance-0.1.0-x86_64-uefi.img --key keys/release.key\n  basalt flash out/basalt-appliance-0.1.0-rpi4.img /dev/sdX --cloud-config node.yaml\n  basalt completions bash > /etc/bash_completion.d/basalt"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -622,4 +622,78 @@ fn parse_forward(s: &str) -> Result<(u16, u16), String> {
             .ok_or_else(|| format!("{s:?}: {p:?} is not a TCP port (1-65535)"))
     };
     Ok((port(h)?, port(g)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command, the root included, by its full name (`basalt mesh token`).
+    fn all_commands() -> Vec<(String, clap::Command)> {
+        fn walk(prefix: &str, cmd: &clap::Command, out: &mut Vec<(String, clap::Command)>) {
+            let name = if prefix.is_empty() {
+                cmd.get_name().to_string()
+            } else {
+                format!("{prefix} {}", cmd.get_name())
+            };
+            out.push((name.clone(), cmd.clone()));
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(&name, sub, out);
+            }
+        }
+        let mut cmd = command();
+        cmd.build();
+        let mut out = Vec::new();
+        walk("", &cmd, &mut out);
+        out
+    }
+
+    #[test]
+    fn every_command_has_an_example_in_its_help() {
+        let missing: Vec<String> = all_commands()
+            .into_iter()
+            .filter_map(|(name, mut cmd)| {
+                let help = cmd.render_long_help().to_string();
+                (!help.contains("Example")).then_some(name)
+            })
+            .collect();
+        assert!(missing.is_empty(), "no example in the help of: {missing:?}");
+    }
+
+    #[test]
+    fn bash_completion_names_every_subcommand() {
+        let mut script = Vec::new();
+        write_completions(command(), clap_complete::Shell::Bash, &mut script);
+        let script = String::from_utf8(script).unwrap();
+        for (name, cmd) in all_commands().into_iter().skip(1) {
+            assert!(
+                script.contains(&format!("{} ", cmd.get_name()))
+                    || script.contains(&format!("{})", cmd.get_name())),
+                "{name} is not in the bash completion"
+            );
+            // Its options too.
+            for opt in cmd.get_opts().filter_map(|a| a.get_long()) {
+                assert!(
+                    script.contains(&format!("--{opt}")),
+                    "{name} --{opt} is not in the bash completion"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_man_page_for_every_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let pages = write_man_pages(command(), dir.path()).unwrap();
+        for (name, _) in all_commands() {
+            let file = dir.path().join(format!("{}.1", name.replace(' ', "-")));
+            assert!(pages.contains(&file), "{} is missing", file.display());
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(
+                text.contains(&name.replace(['-', ' '], "\\-")),
+                "{}",
+                file.display()
+            );
+        }
+    }
 }
