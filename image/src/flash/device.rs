@@ -471,6 +471,49 @@ mod tests {
     }
 
     #[test]
+    fn this_hosts_root_disk_is_refused() {
+        // Reads only: the disk that holds `/`, found from its mount.
+        let host = Host::read().unwrap();
+        let root = host
+            .mounts
+            .iter()
+            .rev()
+            .find(|m| m.mount_point == "/")
+            .unwrap();
+        let Some(dev) = [Some(root.dev), root.source_dev]
+            .into_iter()
+            .flatten()
+            .find(|d| Path::new(&format!("/sys/dev/block/{}:{}", major(*d), minor(*d))).exists())
+        else {
+            eprintln!(
+                "/ is not on a block device here ({}): nothing to check",
+                root.source
+            );
+            return;
+        };
+        let family = Family::read(Path::new("/sys"), dev).unwrap();
+        let refused = refusals(&family, &host);
+        assert!(
+            refused
+                .iter()
+                .any(|r| matches!(r, Refusal::System(w) if w.contains("is mounted on / "))),
+            "{refused:?}"
+        );
+        // And its whole disk, when / is on a partition.
+        if let Some(disk) = &family.disk_of_partition {
+            let dev = parse_dev(
+                &std::fs::read_to_string(format!("/sys/class/block/{disk}/dev")).unwrap(),
+            )
+            .unwrap();
+            let refused = refusals(&Family::read(Path::new("/sys"), dev).unwrap(), &host);
+            assert!(
+                refused.iter().any(|r| matches!(r, Refusal::System(_))),
+                "{refused:?}"
+            );
+        }
+    }
+
+    #[test]
     fn human_sizes() {
         assert_eq!(human_bytes(512), "512 bytes");
         assert_eq!(human_bytes(31_914_983_424), "29.7 GiB");

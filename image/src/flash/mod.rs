@@ -349,6 +349,7 @@ impl Drop for SignalGuard {
 }
 
 nix::ioctl_none!(blkflsbuf, 0x12, 97);
+nix::ioctl_none!(blkrrpart, 0x12, 95);
 
 /// Drops the device's pages from the page cache, so that what is read next
 /// comes from the device.
@@ -831,6 +832,14 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
             })
         }
     };
+
+    if block && opts.mode != Mode::VerifyOnly {
+        // Have the kernel read the new partition table, as partprobe would
+        // (udev does the same on close, where it runs).
+        use std::os::fd::AsRawFd;
+        // SAFETY: BLKRRPART takes no argument; the descriptor is open.
+        let _ = unsafe { blkrrpart(dev.as_raw_fd()) };
+    }
 
     Ok(FlashReport {
         image: image.clone(),
