@@ -14,7 +14,13 @@ use std::time::Duration;
 pub const DEVICE_MESH_DIR: &str = "/data/basalt/mesh";
 
 #[derive(Debug, Parser)]
-#[command(name = "basalt-agent", version, about = "The basalt device agent", long_about = None)]
+#[command(
+    name = "basalt-agent",
+    version,
+    about = "The basalt device agent",
+    long_about = None,
+    after_help = "Examples:\n  basalt-agent status\n  basalt-agent info --json\n  basalt-agent update stage https://updates.example/stable/appliance-0.2.0.basalt\n  basalt-agent mesh peers\n  basalt-agent completions bash > /etc/bash_completion.d/basalt-agent"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,6 +29,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run as the system service (started by systemd as basalt-agent.service).
+    ///
+    /// Example: basalt-agent run   # as basalt-agent.service does (ExecStart=)
     Run,
     /// Show the image, slot and boot state of this device.
     ///
@@ -33,6 +41,9 @@ enum Command {
         json: bool,
     },
     /// The WireGuard mesh: run it, show its state and peers.
+    #[command(
+        after_help = "Examples:\n  basalt-agent mesh status\n  basalt-agent mesh peers --json\n  basalt-agent mesh run --token-file /etc/basalt/mesh.token --interface basalt0"
+    )]
     Mesh {
         #[command(subcommand)]
         command: MeshCommand,
@@ -76,7 +87,10 @@ enum Command {
         json: bool,
     },
     /// Signed A/B updates, one visible step at a time.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  basalt-agent update check /mnt/usb/appliance-0.2.0.basalt\n  basalt-agent update stage /mnt/usb/appliance-0.2.0.basalt\n  basalt-agent update apply --reboot\n  basalt-agent update status --json"
+    )]
     Update(UpdateCommand),
     /// Send an inference request (KServe v2 JSON) to this node's server.
     ///
@@ -95,19 +109,39 @@ enum Command {
         json: bool,
     },
     /// The signed record of every inference request this node answered.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  basalt-agent metering export --since 24h > usage.jsonl\n  basalt-agent metering verify usage.jsonl"
+    )]
     Metering(MeteringCommand),
     /// Decide whether this boot is good (run by basalt-health.service before boot-complete.target).
     ///
     /// Exits 0 when every check passes. When a check fails on a trial boot,
     /// reboots so the boot loader counts the failure and, after the last try,
     /// falls back to the other slot.
+    ///
+    /// Example: basalt-agent health --no-reboot --json
     Health {
         #[arg(long)]
         json: bool,
         /// Report only; never reboot.
         #[arg(long)]
         no_reboot: bool,
+    },
+    /// Print a shell completion script for basalt-agent on stdout.
+    ///
+    /// Example: basalt-agent completions bash > /etc/bash_completion.d/basalt-agent
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for basalt-agent and each of its subcommands (basalt-agent.1, basalt-agent-update-stage.1, …).
+    ///
+    /// Example: basalt-agent man --out /usr/local/share/man/man1
+    Man {
+        /// Directory for the pages (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -321,6 +355,40 @@ enum UpdateCommand {
     Revert,
 }
 
+/// The command tree, for completions, man pages and tests.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+/// Writes the completion script of `cmd` for `shell`.
+pub fn write_completions(
+    mut cmd: clap::Command,
+    shell: clap_complete::Shell,
+    out: &mut dyn std::io::Write,
+) {
+    let name = cmd.get_name().to_string();
+    clap_complete::generate(shell, &mut cmd, name, out);
+}
+
+/// Writes a man page for `cmd` and one for each of its subcommands into
+/// `dir`; returns the files written.
+pub fn write_man_pages(cmd: clap::Command, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    fn walk(cmd: clap::Command, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned() {
+            walk(sub, dir, out)?;
+        }
+        out.push(clap_mangen::Man::new(cmd).generate_to(dir)?);
+        Ok(())
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    let mut out = Vec::new();
+    walk(cmd, dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
 /// Exit codes: 0 success, 1 failure, 2 bad usage (clap).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -345,6 +413,13 @@ pub fn main() -> ExitCode {
             MeshCommand::Peers { state_dir, json } => mesh_show(&state_dir, json, true),
         },
         Command::Update(u) => run_update(u),
+        Command::Completions { shell } => {
+            write_completions(command(), shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out } => write_man_pages(command(), &out)
+            .map(|pages| eprintln!("wrote {} man pages into {}", pages.len(), out.display()))
+            .with_context(|| format!("writing man pages into {}", out.display())),
         Command::Infer {
             model,
             input,
@@ -834,4 +909,77 @@ fn run_health(json: bool, no_reboot: bool) -> ExitCode {
             .status();
     }
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command, the root included, by its full name (`basalt-agent update stage`).
+    fn all_commands() -> Vec<(String, clap::Command)> {
+        fn walk(prefix: &str, cmd: &clap::Command, out: &mut Vec<(String, clap::Command)>) {
+            let name = if prefix.is_empty() {
+                cmd.get_name().to_string()
+            } else {
+                format!("{prefix} {}", cmd.get_name())
+            };
+            out.push((name.clone(), cmd.clone()));
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(&name, sub, out);
+            }
+        }
+        let mut cmd = command();
+        cmd.build();
+        let mut out = Vec::new();
+        walk("", &cmd, &mut out);
+        out
+    }
+
+    #[test]
+    fn every_command_has_an_example_in_its_help() {
+        let missing: Vec<String> = all_commands()
+            .into_iter()
+            .filter_map(|(name, mut cmd)| {
+                let help = cmd.render_long_help().to_string();
+                (!help.contains("Example")).then_some(name)
+            })
+            .collect();
+        assert!(missing.is_empty(), "no example in the help of: {missing:?}");
+    }
+
+    #[test]
+    fn bash_completion_names_every_subcommand() {
+        let mut script = Vec::new();
+        write_completions(command(), clap_complete::Shell::Bash, &mut script);
+        let script = String::from_utf8(script).unwrap();
+        for (name, cmd) in all_commands().into_iter().skip(1) {
+            assert!(
+                script.contains(&format!("{} ", cmd.get_name()))
+                    || script.contains(&format!("{})", cmd.get_name())),
+                "{name} is not in the bash completion"
+            );
+            for opt in cmd.get_opts().filter_map(|a| a.get_long()) {
+                assert!(
+                    script.contains(&format!("--{opt}")),
+                    "{name} --{opt} is not in the bash completion"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_man_page_for_every_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let pages = write_man_pages(command(), dir.path()).unwrap();
+        for (name, _) in all_commands() {
+            let file = dir.path().join(format!("{}.1", name.replace(' ', "-")));
+            assert!(pages.contains(&file), "{} is missing", file.display());
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(
+                text.contains(&name.replace(['-', ' '], "\\-")),
+                "{}",
+                file.display()
+            );
+        }
+    }
 }

@@ -2,7 +2,7 @@
 
 use crate::build::{self, BuildOptions, SpecSource};
 use crate::mesh_cmd::{self, MeshCommand};
-use crate::{bundle_cmd, config_cmd, qemu};
+use crate::{bundle_cmd, config_cmd, flash, qemu};
 use anyhow::{bail, Context, Result};
 use basalt_formats::record::BuildRecord;
 use basalt_formats::BoardId;
@@ -16,7 +16,7 @@ use std::time::Duration;
     name = "basalt",
     version,
     about = "Build immutable A/B appliance images for edge devices",
-    after_help = "Examples:\n  basalt build                                   # the default appliance for x86_64-uefi, into ./out\n  basalt build my-spec.yaml --board arm64-uefi --out build/\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt mesh token --network lab\n  basalt config validate user-data.yaml\n  basalt keygen --out keys/release\n  basalt bundle out/basalt-appliance-0.1.0-x86_64-uefi.img --key keys/release.key"
+    after_help = "Examples:\n  basalt build                                   # the default appliance for x86_64-uefi, into ./out\n  basalt build my-spec.yaml --board arm64-uefi --out build/\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt mesh token --network lab\n  basalt config validate user-data.yaml\n  basalt keygen --out keys/release\n  basalt bundle out/basalt-appliance-0.1.0-x86_64-uefi.img --key keys/release.key\n  basalt flash out/basalt-appliance-0.1.0-rpi4.img /dev/sdX --cloud-config node.yaml\n  basalt completions bash > /etc/bash_completion.d/basalt"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -94,6 +94,49 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         lan: Option<String>,
     },
+    /// Write an image to an SD card, USB stick or disk, then read it back and compare.
+    ///
+    /// Only the blocks that hold data are written: those of the block map
+    /// beside the image (X.bmap, checked range by range), or of the sparse
+    /// image file; a compressed image without a block map is written whole.
+    /// Before anything is written, a device that is mounted, holds the
+    /// running system or is a partition is refused (--force overrides), and
+    /// so are a device smaller than the image, an image for another board
+    /// and an image that does not match its build record or has a damaged
+    /// partition table. DEVICE may be a regular file (a sparse copy).
+    /// Ctrl-C stops cleanly and says how far the write got; --resume goes on.
+    #[command(
+        after_help = "Examples:\n  basalt flash out/basalt-appliance-0.1.0-rpi4.img /dev/sdX\n  basalt flash out/basalt-appliance-0.1.0-x86_64-uefi.img.zst /dev/sdX --cloud-config node.yaml\n  basalt flash out/basalt-appliance-0.1.0-rpi4.img /dev/sdX --board rpi4 --json\n  basalt flash --resume out/basalt-appliance-0.1.0-rpi4.img /dev/sdX      # after an interruption\n  basalt flash --verify-only out/basalt-appliance-0.1.0-rpi4.img /dev/sdX\n  basalt flash out/basalt-appliance-0.1.0-x86_64-uefi.img copy.img       # a sparse copy in a file"
+    )]
+    Flash {
+        /// The image: .img, .img.zst or .img.xz made by `basalt build`.
+        image: PathBuf,
+        /// The whole disk to write (/dev/sdX, /dev/mmcblk0), or a regular file.
+        device: PathBuf,
+        /// The board the image must be for (checked against its build record and partition table).
+        #[arg(long)]
+        board: Option<BoardId>,
+        /// After writing, put this cloud-config (checked first, as `basalt config
+        /// validate` does) on the boot partition as user-data, with a meta-data
+        /// whose instance-id follows the content.
+        #[arg(long, value_name = "FILE", conflicts_with = "verify_only")]
+        cloud_config: Option<PathBuf>,
+        /// The block map [default: X.bmap beside the image, when there is one].
+        #[arg(long, value_name = "FILE.bmap")]
+        bmap: Option<PathBuf>,
+        /// Write nothing: compare the device with the image (exit status 1 when they differ).
+        #[arg(long, conflicts_with = "resume")]
+        verify_only: bool,
+        /// Go on after an interrupted flash: write only what differs from the image, then verify.
+        #[arg(long)]
+        resume: bool,
+        /// Write even to a device that is mounted, holds the running system or is a partition.
+        #[arg(long)]
+        force: bool,
+        /// Print a summary as JSON on stdout: bytes written, ranges, duration, verified.
+        #[arg(long)]
+        json: bool,
+    },
     #[command(flatten)]
     Bundles(BundleCommand),
     /// Make and read the network tokens devices join a mesh with.
@@ -111,6 +154,23 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Print a shell completion script for basalt on stdout.
+    #[command(
+        after_help = "Examples:\n  basalt completions bash > /etc/bash_completion.d/basalt\n  basalt completions zsh > \"${fpath[1]}/_basalt\"\n  basalt completions fish > ~/.config/fish/completions/basalt.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for basalt and each of its subcommands (basalt.1, basalt-flash.1, …).
+    #[command(
+        after_help = "Examples:\n  basalt man --out /usr/local/share/man/man1\n  basalt man --out man/ && man -l man/basalt-flash.1"
+    )]
+    Man {
+        /// Directory for the pages (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -211,6 +271,40 @@ enum ConfigCommand {
     },
 }
 
+/// The command tree, for completions, man pages and tests.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+/// Writes the completion script of `cmd` for `shell`.
+pub fn write_completions(
+    mut cmd: clap::Command,
+    shell: clap_complete::Shell,
+    out: &mut dyn std::io::Write,
+) {
+    let name = cmd.get_name().to_string();
+    clap_complete::generate(shell, &mut cmd, name, out);
+}
+
+/// Writes a man page for `cmd` and one for each of its subcommands into
+/// `dir` (`basalt.1`, `basalt-mesh-token.1`, …); returns the files written.
+pub fn write_man_pages(cmd: clap::Command, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    fn walk(cmd: clap::Command, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned() {
+            walk(sub, dir, out)?;
+        }
+        out.push(clap_mangen::Man::new(cmd).generate_to(dir)?);
+        Ok(())
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    let mut out = Vec::new();
+    walk(cmd, dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -289,9 +383,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 std::fs::create_dir_all(&state_dir)
                     .with_context(|| format!("creating {}", state_dir.display()))?;
                 let seed = state_dir.join("cidata.img");
-                let digest =
-                    hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())[..8]);
-                qemu::write_cidata(&seed, &text, &format!("instance-id: iid-{digest}\n"))?;
+                let iid = config_cmd::instance_id(&text);
+                qemu::write_cidata(&seed, &text, &format!("instance-id: {iid}\n"))?;
                 extra_args.extend(qemu::readonly_disk("cidata", &seed));
             }
             let lan = lan.map(|name| {
@@ -343,6 +436,57 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
+        }
+        Command::Flash {
+            image,
+            device,
+            board,
+            cloud_config,
+            bmap,
+            verify_only,
+            resume,
+            force,
+            json,
+        } => {
+            let opts = flash::FlashOptions {
+                bmap,
+                board,
+                cloud_config,
+                mode: if verify_only {
+                    flash::Mode::VerifyOnly
+                } else if resume {
+                    flash::Mode::Resume
+                } else {
+                    flash::Mode::Write
+                },
+                force,
+                ..flash::FlashOptions::new(image, device)
+            };
+            match flash::flash(&opts) {
+                Ok(report) => {
+                    if json {
+                        print_json(&report)?;
+                    } else {
+                        print!("{}", report.human());
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) if e.is_interrupted() => {
+                    eprintln!("basalt: {e}");
+                    Ok(ExitCode::from(130))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Completions { shell } => {
+            write_completions(command(), shell, &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out } => {
+            let pages = write_man_pages(command(), &out)
+                .with_context(|| format!("writing man pages into {}", out.display()))?;
+            eprintln!("wrote {} man pages into {}", pages.len(), out.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Mesh { command } => mesh_cmd::run(command).map(|()| ExitCode::SUCCESS),
         Command::Config {
@@ -478,4 +622,78 @@ fn parse_forward(s: &str) -> Result<(u16, u16), String> {
             .ok_or_else(|| format!("{s:?}: {p:?} is not a TCP port (1-65535)"))
     };
     Ok((port(h)?, port(g)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command, the root included, by its full name (`basalt mesh token`).
+    fn all_commands() -> Vec<(String, clap::Command)> {
+        fn walk(prefix: &str, cmd: &clap::Command, out: &mut Vec<(String, clap::Command)>) {
+            let name = if prefix.is_empty() {
+                cmd.get_name().to_string()
+            } else {
+                format!("{prefix} {}", cmd.get_name())
+            };
+            out.push((name.clone(), cmd.clone()));
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(&name, sub, out);
+            }
+        }
+        let mut cmd = command();
+        cmd.build();
+        let mut out = Vec::new();
+        walk("", &cmd, &mut out);
+        out
+    }
+
+    #[test]
+    fn every_command_has_an_example_in_its_help() {
+        let missing: Vec<String> = all_commands()
+            .into_iter()
+            .filter_map(|(name, mut cmd)| {
+                let help = cmd.render_long_help().to_string();
+                (!help.contains("Example")).then_some(name)
+            })
+            .collect();
+        assert!(missing.is_empty(), "no example in the help of: {missing:?}");
+    }
+
+    #[test]
+    fn bash_completion_names_every_subcommand() {
+        let mut script = Vec::new();
+        write_completions(command(), clap_complete::Shell::Bash, &mut script);
+        let script = String::from_utf8(script).unwrap();
+        for (name, cmd) in all_commands().into_iter().skip(1) {
+            assert!(
+                script.contains(&format!("{} ", cmd.get_name()))
+                    || script.contains(&format!("{})", cmd.get_name())),
+                "{name} is not in the bash completion"
+            );
+            // Its options too.
+            for opt in cmd.get_opts().filter_map(|a| a.get_long()) {
+                assert!(
+                    script.contains(&format!("--{opt}")),
+                    "{name} --{opt} is not in the bash completion"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_man_page_for_every_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let pages = write_man_pages(command(), dir.path()).unwrap();
+        for (name, _) in all_commands() {
+            let file = dir.path().join(format!("{}.1", name.replace(' ', "-")));
+            assert!(pages.contains(&file), "{} is missing", file.display());
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(
+                text.contains(&name.replace(['-', ' '], "\\-")),
+                "{}",
+                file.display()
+            );
+        }
+    }
 }

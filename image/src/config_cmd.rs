@@ -43,6 +43,17 @@ pub fn validate_text(source_name: &str, text: &str) -> Validation {
     }
 }
 
+/// The NoCloud instance-id a document is given when basalt hands it to a
+/// device (`basalt run --cloud-config`, `basalt flash --cloud-config`): it
+/// follows the content, so an edited document is applied as a new instance.
+pub fn instance_id(text: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "iid-{}",
+        hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
+    )
+}
+
 fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }

@@ -6,6 +6,7 @@
 //! | [`assets`] | boards, the default spec and the overlays compiled into the binary |
 //! | [`config_cmd`] | `basalt config validate`: checking a cloud-config |
 //! | [`build`] | `basalt build`: root file system, initrd, ESP or Pi boot slots, slots, disk, outputs |
+//! | [`flash`] | `basalt flash`: an image onto an SD card, USB stick or disk, block map aware, read back and compared |
 //! | [`bundle_cmd`] | `basalt keygen`, `bundle`, `sign`, `inspect`: signed update bundles |
 //! | [`mesh_cmd`] | `basalt mesh`: network tokens |
 //! | [`tools`] | running external tools (mmdebstrap, mksquashfs, …) with errors that name them |
@@ -18,6 +19,7 @@ pub mod build;
 pub mod bundle_cmd;
 pub mod cli;
 pub mod config_cmd;
+pub mod flash;
 pub mod mesh_cmd;
 pub mod pi_launch;
 pub mod progress;

@@ -51,7 +51,17 @@ fn unknown_board_is_refused_by_the_parser() {
 
 #[test]
 fn every_subcommand_has_help_with_an_example() {
-    for sub in ["build", "run", "keygen", "bundle", "sign", "inspect"] {
+    for sub in [
+        "build",
+        "run",
+        "flash",
+        "keygen",
+        "bundle",
+        "sign",
+        "inspect",
+        "completions",
+        "man",
+    ] {
         let (code, out, _) = basalt(&[sub, "--help"]);
         assert_eq!(code, 0);
         assert!(out.contains("Examples:"), "basalt {sub} --help:\n{out}");
