@@ -86,6 +86,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Bearer tokens for clients that cannot sign requests (the node keeps only their hashes).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  basalt-agent token create dashboard\n  basalt-agent token list --json\n  basalt-agent token revoke dashboard"
+    )]
+    Token(TokenCommand),
     /// Signed A/B updates, one visible step at a time.
     #[command(
         subcommand,
@@ -104,6 +110,9 @@ enum Command {
         /// The server to ask.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// A bearer token for a server elsewhere (`basalt-agent token create` made it there).
+        #[arg(long, env = "BASALT_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// Print the response JSON as it came.
         #[arg(long)]
         json: bool,
@@ -142,6 +151,34 @@ enum Command {
         /// Directory for the pages (made if missing).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token and print it: the only time it is shown.
+    ///
+    /// Example: basalt-agent token create dashboard
+    Create {
+        /// A name for it, as in `alias` (lower case, digits, `-`).
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The tokens this node accepts: names, hashes, where they came from.
+    ///
+    /// Example: basalt-agent token list --json
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop accepting a token, at once.
+    ///
+    /// Example: basalt-agent token revoke dashboard
+    Revoke {
+        name: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -424,8 +461,10 @@ pub fn main() -> ExitCode {
             model,
             input,
             url,
+            token,
             json,
-        } => run_infer(&model, &input, &url, json),
+        } => run_infer(&model, &input, &url, token.as_deref(), json),
+        Command::Token(t) => run_token(t),
         Command::Metering(MeteringCommand::Export { since, output }) => {
             (|| -> anyhow::Result<()> {
                 let since_ms = match since {
@@ -596,19 +635,79 @@ fn run_metering_verify(file: &Path, json: bool) -> ExitCode {
     }
 }
 
-fn run_infer(model: &str, input: &Path, url: &str, json: bool) -> anyhow::Result<()> {
+fn run_token(t: TokenCommand) -> anyhow::Result<()> {
+    use crate::serve::tokens;
+    let dir = Path::new(crate::node::NODE_DIR);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match t {
+        TokenCommand::Create { name, json } => {
+            let token = tokens::create(dir, &name, now)?;
+            print(
+                json,
+                &serde_json::json!({ "name": name, "token": token, "sha256": tokens::hash(&token) }),
+                format!(
+                    "{token}\n\nThe token for {name}, shown this once: send it as `Authorization: Bearer <token>`."
+                ),
+            );
+        }
+        TokenCommand::List { json } => {
+            let all = tokens::list(dir)?;
+            let human = if all.is_empty() {
+                "no tokens".to_string()
+            } else {
+                all.iter()
+                    .map(|t| {
+                        format!(
+                            "{:<24} sha256 {}…  from {}",
+                            t.name,
+                            &t.sha256[..t.sha256.len().min(16)],
+                            t.source
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            print(json, &all, human);
+        }
+        TokenCommand::Revoke { name, json } => {
+            let changed = tokens::revoke(dir, &name)?;
+            print(
+                json,
+                &serde_json::json!({ "changed": changed }),
+                if changed {
+                    format!("{name} revoked")
+                } else {
+                    format!("no token named {name}")
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_infer(
+    model: &str,
+    input: &Path,
+    url: &str,
+    token: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let mut body = Vec::new();
     std::io::Read::read_to_end(&mut open_source(&input.to_string_lossy())?, &mut body)
         .with_context(|| input.display().to_string())?;
     let endpoint = format!("{}/v2/models/{model}/infer", url.trim_end_matches('/'));
     let started = std::time::Instant::now();
-    let resp = reqwest::blocking::Client::new()
+    let mut request = reqwest::blocking::Client::new()
         .post(&endpoint)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .with_context(|| format!("POST {endpoint}"))?;
+        .body(body);
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let resp = request.send().with_context(|| format!("POST {endpoint}"))?;
     let status = resp.status();
     let text = resp
         .text()

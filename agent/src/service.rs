@@ -321,6 +321,16 @@ pub fn run() -> anyhow::Result<()> {
                 }
             }
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for t in b.api_tokens.iter().flatten() {
+            if let Err(e) =
+                crate::serve::tokens::add_hash(dir, t.name.as_str(), &hex::encode(t.sha256), now)
+            {
+                warn!("api token: {e}");
+            }
+        }
         for c in b.allowed_clients.iter().flatten() {
             if let Err(e) = crate::node::allow(
                 dir,

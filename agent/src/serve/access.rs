@@ -11,6 +11,8 @@
 //!   where `sig` is the client's Ed25519 signature over
 //!   [`signed_message`]. Requests more than [`MAX_SKEW_S`] from the node's
 //!   clock are refused, which bounds replays.
+//! - Clients holding a bearer token the node accepts
+//!   (`Authorization: Bearer <token>`, see [`super::tokens`]).
 //!
 //! Everyone else gets 401 (no or malformed credentials) or 403 (valid
 //! credentials of a key that is not allowed). `GET /v2/health/live` and
@@ -35,6 +37,8 @@ pub enum Caller {
     Mesh(IpAddr),
     /// An allowed client, by key (64 hex digits).
     Client(String),
+    /// A bearer token's holder, by the token's name.
+    Token(String),
 }
 
 impl Caller {
@@ -44,6 +48,7 @@ impl Caller {
             Caller::Local => "local".into(),
             Caller::Mesh(ip) => format!("mesh:{ip}"),
             Caller::Client(k) => format!("client:{k}"),
+            Caller::Token(name) => format!("token:{name}"),
         }
     }
 }
@@ -93,8 +98,9 @@ pub fn authorization(
 pub struct Access {
     pub mesh_v6: Option<MeshPrefix>,
     pub mesh_v4: Option<Ipv4Range>,
-    /// Directory of the allow-list (read on each signed request, so
-    /// `basalt-agent allow` takes effect at once).
+    /// Directory of the allow-list and the bearer tokens (read on each
+    /// request that needs them, so `basalt-agent allow` and `token` take
+    /// effect at once).
     pub clients_dir: PathBuf,
 }
 
@@ -132,9 +138,21 @@ impl Access {
         let Some(auth) = authorization else {
             return Err(denied(
                 401,
-                format!("{peer} is neither local nor a mesh peer: sign the request ({SCHEME})"),
+                format!(
+                    "{peer} is neither local nor a mesh peer: sign the request ({SCHEME}) or send a bearer token"
+                ),
             ));
         };
+        if let Some(token) = auth.strip_prefix("Bearer ") {
+            return match super::tokens::find(&self.clients_dir, token.trim()) {
+                Ok(Some(name)) => Ok(Caller::Token(name)),
+                Ok(None) => Err(denied(
+                    401,
+                    "bearer token not accepted by this node (revoked, or never given to it)",
+                )),
+                Err(e) => Err(denied(403, format!("token list unreadable: {e}"))),
+            };
+        }
         let (key, ts, sig) = parse_authorization(auth).map_err(|r| denied(401, r))?;
         if now_s.abs_diff(ts) > MAX_SKEW_S {
             return Err(denied(
@@ -166,7 +184,7 @@ fn parse_authorization(v: &str) -> Result<(Ed25519PublicKey, u64, Signature), St
     let rest = v
         .strip_prefix(SCHEME)
         .and_then(|r| r.strip_prefix(' '))
-        .ok_or_else(|| format!("Authorization: expected the {SCHEME} scheme"))?;
+        .ok_or_else(|| format!("Authorization: expected the {SCHEME} or Bearer scheme"))?;
     let (mut key, mut ts, mut sig) = (None, None, None);
     for part in rest.split(',') {
         let (k, val) = part
@@ -304,12 +322,33 @@ mod tests {
     }
 
     #[test]
+    fn bearer_tokens_name_their_holder_until_revoked() {
+        let d = tempfile::tempdir().unwrap();
+        let a = access(d.path());
+        let ip: IpAddr = "192.168.1.20".parse().unwrap();
+        let t = super::super::tokens::create(d.path(), "dashboard", NOW).unwrap();
+        let header = format!("Bearer {t}");
+        assert_eq!(
+            a.check(ip, Some(&header), "POST", "/v2/models/m/infer", b"{}", NOW),
+            Ok(Caller::Token("dashboard".into()))
+        );
+        assert_eq!(Caller::Token("dashboard".into()).label(), "token:dashboard");
+        super::super::tokens::revoke(d.path(), "dashboard").unwrap();
+        let e = a
+            .check(ip, Some(&header), "POST", "/v2/models/m/infer", b"{}", NOW)
+            .unwrap_err();
+        assert_eq!(e.status, 401);
+        assert!(e.reason.contains("not accepted"), "{}", e.reason);
+    }
+
+    #[test]
     fn malformed_headers_are_401_with_a_reason() {
         let d = tempfile::tempdir().unwrap();
         let a = access(d.path());
         let ip: IpAddr = "192.168.1.20".parse().unwrap();
         for (h, want) in [
-            ("Bearer abc", "expected the Basalt-Ed25519 scheme"),
+            ("Basic abc", "expected the Basalt-Ed25519 or Bearer scheme"),
+            ("Bearer abc", "bearer token not accepted"),
             ("Basalt-Ed25519 key=zz, ts=1, sig=00", "Authorization key"),
             ("Basalt-Ed25519 ts=1", "all required"),
             ("Basalt-Ed25519 nonsense", "is not key=value"),

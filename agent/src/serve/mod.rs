@@ -21,6 +21,7 @@ pub mod access;
 mod batcher;
 pub mod install;
 pub mod route;
+pub mod tokens;
 
 pub use route::Advert;
 pub mod metrics;
@@ -293,6 +294,10 @@ fn check(
                 r.headers_mut().insert(
                     axum::http::header::WWW_AUTHENTICATE,
                     HeaderValue::from_static(access::SCHEME),
+                );
+                r.headers_mut().append(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
                 );
             }
             r

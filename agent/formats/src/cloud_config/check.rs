@@ -6,8 +6,8 @@ use super::file::{
 };
 use super::value::{ValueError, WritePath};
 use super::{
-    AllowedClient, Basalt, CloudConfig, CloudConfigError, Command, Health, HealthCheck, Hostname,
-    Inference, Mesh, Model, Ntp, Owner, SshPublicKey, Update, User, UserName, WriteFile,
+    AllowedClient, ApiToken, Basalt, CloudConfig, CloudConfigError, Command, Health, HealthCheck,
+    Hostname, Inference, Mesh, Model, Ntp, Owner, SshPublicKey, Update, User, UserName, WriteFile,
     DEFAULT_HEALTH_TIMEOUT_S, DEFAULT_POLL_INTERVAL_S, MAX_FILE_BYTES, MAX_HEALTH_TIMEOUT_S,
     SUPPORTED_BASALT_VERSIONS,
 };
@@ -570,6 +570,41 @@ fn check_basalt(cx: &Ctx, b: BasaltFile) -> Result<Basalt> {
             Ok(out)
         })
         .transpose()?;
+    let api_tokens = b
+        .api_tokens
+        .map(|tokens| -> Result<Vec<ApiToken>> {
+            let mut out: Vec<ApiToken> = Vec::new();
+            for (i, t) in tokens.into_iter().enumerate() {
+                let f = format!("basalt.api_tokens[{i}]");
+                let token = ApiToken {
+                    name: cx.value(&format!("{f}.name"), &t.name)?,
+                    sha256: parse_sha256(&t.sha256).ok_or_else(|| {
+                        cx.err(
+                            &format!("{f}.sha256"),
+                            format!(
+                                "{:?} is not a SHA-256: write 64 hex digits (printf %s \"$TOKEN\" | sha256sum)",
+                                t.sha256
+                            ),
+                        )
+                    })?,
+                };
+                if let Some(j) = out.iter().position(|o| o.name == token.name) {
+                    return Err(cx.err(
+                        &format!("{f}.name"),
+                        format!("the name is already used by basalt.api_tokens[{j}]"),
+                    ));
+                }
+                if let Some(j) = out.iter().position(|o| o.sha256 == token.sha256) {
+                    return Err(cx.err(
+                        &format!("{f}.sha256"),
+                        format!("the same token is already listed in basalt.api_tokens[{j}]"),
+                    ));
+                }
+                out.push(token);
+            }
+            Ok(out)
+        })
+        .transpose()?;
     Ok(Basalt {
         version,
         alias,
@@ -579,6 +614,7 @@ fn check_basalt(cx: &Ctx, b: BasaltFile) -> Result<Basalt> {
         inference,
         health,
         allowed_clients,
+        api_tokens,
     })
 }
 

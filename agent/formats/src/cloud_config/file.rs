@@ -98,6 +98,7 @@ pub struct BasaltFile {
     pub inference: Option<InferenceFile>,
     pub health: Option<HealthFile>,
     pub allowed_clients: Option<Vec<AllowedClientFile>>,
+    pub api_tokens: Option<Vec<ApiTokenFile>>,
 }
 
 /// `basalt.mesh`.
@@ -159,6 +160,14 @@ pub struct HealthCheckFile {
 pub struct AllowedClientFile {
     pub key: String,
     pub alias: Option<String>,
+}
+
+/// One entry of `basalt.api_tokens`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenFile {
+    pub name: String,
+    pub sha256: String,
 }
 
 /// A string, or a list of strings: `groups`, and each `bootcmd`/`runcmd` item.

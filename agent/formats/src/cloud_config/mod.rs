@@ -80,6 +80,7 @@ pub const BASALT_KEYS: &[&str] = &[
     "inference",
     "health",
     "allowed_clients",
+    "api_tokens",
 ];
 
 /// Largest decoded `write_files` content: a bigger file belongs in the image
@@ -275,6 +276,9 @@ pub struct Basalt {
     /// `allowed_clients`: node keys allowed to call this node's API.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_clients: Option<Vec<AllowedClient>>,
+    /// `api_tokens`: SHA-256 of bearer tokens this node accepts, by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_tokens: Option<Vec<ApiToken>>,
 }
 
 impl Basalt {
@@ -289,6 +293,7 @@ impl Basalt {
             ("inference", self.inference.is_some()),
             ("health", self.health.is_some()),
             ("allowed_clients", self.allowed_clients.is_some()),
+            ("api_tokens", self.api_tokens.is_some()),
         ] {
             if set {
                 keys.push(key);
@@ -326,6 +331,17 @@ pub const DEFAULT_HEALTH_TIMEOUT_S: u64 = 10;
 
 /// Longest allowed `basalt.health.checks[].timeout_s`: the boot waits for it.
 pub const MAX_HEALTH_TIMEOUT_S: u64 = 600;
+
+/// One entry of `basalt.api_tokens`: a bearer token made elsewhere, by its
+/// hash, so that the token itself is never in user-data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiToken {
+    /// Its name, in metering records and `basalt-agent token list`.
+    pub name: Alias,
+    /// SHA-256 of the token as sent after `Bearer `.
+    #[serde(serialize_with = "serialize_hex")]
+    pub sha256: [u8; 32],
+}
 
 /// One entry of `basalt.models`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

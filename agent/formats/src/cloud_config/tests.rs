@@ -615,6 +615,46 @@ fn basalt_inference_health_clients() {
 }
 
 #[test]
+fn api_tokens_are_names_and_hashes() {
+    let h = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let c = ok(&basalt(&format!(
+        "  api_tokens:\n    - {{name: dashboard, sha256: {h}}}\n    - {{name: ci, sha256: {}}}\n",
+        h.to_uppercase().replace('9', "a")
+    )));
+    let t = c.basalt.unwrap().api_tokens.unwrap();
+    assert_eq!(t[0].name.as_str(), "dashboard");
+    assert_eq!(hex::encode(t[0].sha256), h);
+    assert_eq!(t.len(), 2);
+    assert_msg(
+        &basalt("  api_tokens: [{name: a, sha256: bst_plaintext}]\n"),
+        "basalt.api_tokens[0].sha256",
+        "is not a SHA-256: write 64 hex digits",
+    );
+    assert_msg(
+        &basalt(&format!(
+            "  api_tokens: [{{name: a, sha256: {h}}}, {{name: b, sha256: {h}}}]\n"
+        )),
+        "basalt.api_tokens[1].sha256",
+        "already listed",
+    );
+    assert_msg(
+        &basalt(&format!(
+            "  api_tokens: [{{name: a, sha256: {h}}}, {{name: a, sha256: {}}}]\n",
+            "0".repeat(64)
+        )),
+        "basalt.api_tokens[1].name",
+        "already used",
+    );
+    assert_msg(
+        &basalt(&format!(
+            "  api_tokens: [{{name: 'No Way', sha256: {h}}}]\n"
+        )),
+        "basalt.api_tokens[0].name",
+        "",
+    );
+}
+
+#[test]
 fn key_lists_match_the_raw_types() {
     let top = serde_json::to_value(CloudConfigFile::default()).unwrap();
     let keys: Vec<&str> = top
