@@ -10,10 +10,11 @@
 //! process, over loopback HTTP/1.1 with keep-alive.
 //!
 //! 1. Latency, one request at a time: tract alone (`Model::infer` on a
-//!    parsed request, as `cargo bench -p basalt-infer --bench models`) and
-//!    the same request through the server, as JSON and as binary tensor
-//!    data; the difference is what HTTP, parsing, access control and
-//!    metering add.
+//!    parsed request, as `cargo bench -p basalt-infer --bench models`);
+//!    in-process, the binary body decoded, run and the answer encoded as
+//!    the server does; and the same request through the server, as JSON
+//!    and as binary tensor data both ways. The difference is what HTTP,
+//!    parsing, access control and metering add.
 //! 2. Throughput of magika with 8 clients at once, dynamic batching on
 //!    (batch of up to 8) and off.
 //! 3. The server's resident memory: started with no models, with the
@@ -89,8 +90,8 @@ fn main() {
             100,
         ),
     ];
-    println!("| model | input | runs | tract p50 | tract p99 | JSON p50 | JSON p99 | JSON adds (p50) | binary p50 | binary p99 | binary adds (p50) |");
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| model | input | runs | tract p50 | tract p99 | in-process binary p50 | HTTP JSON p50 | HTTP JSON p99 | JSON adds (p50) | HTTP binary p50 | HTTP binary p99 | binary adds (p50) | server's own time, binary (mean) |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (name, file, shape, data, runs) in cases {
         let model = Model::load(name, "1", &dir.join(file), &LoadOptions::default())
             .unwrap_or_else(|e| panic!("{e}"));
@@ -103,10 +104,31 @@ fn main() {
                 .map(|_| time(|| drop(model.infer(&req))))
                 .collect(),
         );
+        // Binary both ways: inputs after the JSON, outputs asked for as bytes.
+        let mut binary_req = req.clone();
+        binary_req.parameters = serde_json::json!({"binary_data_output": true})
+            .as_object()
+            .cloned();
+        let (binary, header_len) = v2::binary_request(&binary_req);
+        // The same in-process, decoded and encoded as the server does: what
+        // the HTTP columns add beyond this is the transport and threads.
+        let codec = stats(
+            (0..runs)
+                .map(|_| {
+                    time(|| {
+                        let r =
+                            v2::parse_request_with(&binary, Some(header_len), &Default::default())
+                                .expect("parses");
+                        let out = model.infer(&r).expect("runs");
+                        drop(v2::BinaryOutputs::of(&r).response(&out));
+                    })
+                })
+                .collect(),
+        );
         let url = format!("{base}/v2/models/{name}/infer");
         let json = serde_json::to_vec(&req).expect("request JSON");
-        let (binary, header_len) = v2::binary_request(&req);
         let json_ms = rt.block_on(sequential(&client, &url, &json, None, runs, &want));
+        let before = histogram(&rt, &client, &base, "request_duration_seconds", name);
         let binary_ms = rt.block_on(sequential(
             &client,
             &url,
@@ -115,11 +137,15 @@ fn main() {
             runs,
             &want,
         ));
+        let after = histogram(&rt, &client, &base, "request_duration_seconds", name);
+        // The server's own wall time per binary request (its warm-up included).
+        let handler_ms = 1000.0 * (after.0 - before.0) / (after.1 - before.1);
         let (j, b) = (stats(json_ms), stats(binary_ms));
         println!(
-            "| {name} | {datatype} {shape:?} | {runs} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms ({:+.0} %) | {:.2} ms | {:.2} ms | {:.2} ms ({:+.0} %) |",
+            "| {name} | {datatype} {shape:?} | {runs} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms ({:+.0} %) | {:.2} ms | {:.2} ms | {:.2} ms ({:+.0} %) | {handler_ms:.2} ms |",
             tract.p50,
             tract.p99,
+            codec.p50,
             j.p50,
             j.p99,
             j.p50 - tract.p50,
@@ -148,9 +174,9 @@ fn main() {
         ("batching off", "magika-unbatched"),
     ] {
         let url = format!("{base}/v2/models/{name}/infer");
-        let before = batches(&rt, &client, &base, name);
+        let before = histogram(&rt, &client, &base, "batch_size", name);
         let (n, ms) = rt.block_on(concurrent(&client, &url, &body, header_len));
-        let after = batches(&rt, &client, &base, name);
+        let after = histogram(&rt, &client, &base, "batch_size", name);
         let s = stats(ms);
         let mean_batch = if after.1 > before.1 {
             (after.0 - before.0) / (after.1 - before.1)
@@ -243,7 +269,12 @@ async fn sequential(
         .await
         .expect("warm-up request");
     assert_eq!(r.status(), 200, "{url}: {:?}", r.text().await);
-    let got: v2::InferResponse = r.json().await.expect("response JSON");
+    let answer_len = r
+        .headers()
+        .get(v2::HEADER_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let bytes = r.bytes().await.expect("response body");
+    let got = v2::binary::parse_response(&bytes, answer_len).expect("an answer");
     assert_eq!(got.outputs, want.outputs, "{url}: the server's answer");
     let mut out = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -294,11 +325,12 @@ async fn concurrent(
     (all.len(), all)
 }
 
-/// The server's batch-size histogram for `model`: (sum, count).
-fn batches(
+/// The server's histogram `metric` for `model`: (sum, count).
+fn histogram(
     rt: &tokio::runtime::Runtime,
     client: &reqwest::Client,
     base: &str,
+    metric: &str,
     model: &str,
 ) -> (f64, f64) {
     let text = rt.block_on(async {
@@ -312,7 +344,7 @@ fn batches(
             .expect("metrics text")
     });
     let value = |suffix: &str| {
-        let prefix = format!("basalt_inference_batch_size_{suffix}{{model=\"{model}\"}} ");
+        let prefix = format!("basalt_inference_{metric}_{suffix}{{model=\"{model}\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&prefix))
             .and_then(|v| v.trim().parse::<f64>().ok())

@@ -556,22 +556,30 @@ async fn infer(
     let (Some(caller), Some(log)) = (caller, &s.metering) else {
         return response;
     };
+    // Every answer here is a complete buffer, so its size is known without
+    // reading it again.
     let (parts, body) = response.into_parts();
-    let out = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .unwrap_or_default();
+    let (bytes_out, body) = match axum::body::HttpBody::size_hint(&body).exact() {
+        Some(n) => (n, body),
+        None => {
+            let out = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
+            (out.len() as u64, Body::from(out))
+        }
+    };
     log.record(crate::metering::Usage {
         model: name,
         model_version: version,
         bytes_in,
-        bytes_out: out.len() as u64,
+        bytes_out,
         wall_us: wall.as_micros() as u64,
         input_sha256: digest,
         status,
         served_by,
         client: caller.label(),
     });
-    Response::from_parts(parts, Body::from(out))
+    Response::from_parts(parts, body)
 }
 
 /// The header naming the node that ran the model.
