@@ -257,8 +257,14 @@ fn keep_alive_while<T>(f: impl FnOnce() -> T) -> T {
 pub fn run() -> anyhow::Result<()> {
     // Provisioning never fails the service: problems are in its status.
     let prov = keep_alive_while(|| {
-        let (found, read_errors) =
-            crate::provision::sources::read_all(&crate::provision::sources::Paths::default());
+        let mut paths = crate::provision::sources::Paths::default();
+        // On the Pi, a card's user-data is on the autoboot partition.
+        match crate::update::pi_boot_partition() {
+            Some(Ok(dir)) => paths.boot_partition = dir,
+            Some(Err(e)) => warn!("boot partition user-data not read: {e}"),
+            None => {}
+        }
+        let (found, read_errors) = crate::provision::sources::read_all(&paths);
         crate::provision::provision(
             found,
             read_errors,

@@ -238,6 +238,14 @@ impl Server {
         listener: tokio::net::TcpListener,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        use axum::serve::ListenerExt;
+        // Answers go out as soon as they are written, not after the
+        // client's delayed acknowledgement of the previous segment.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                log::debug!("TCP_NODELAY: {e}");
+            }
+        });
         axum::serve(
             listener,
             self.router()

@@ -169,6 +169,22 @@ impl Device {
     }
 }
 
+/// On a Raspberry Pi, the boot FAT partition a card's `user-data` is put on
+/// (partition 1, which holds `autoboot.txt`), mounted; `None` on other
+/// boards, whose ESP systemd mounts on `/efi`.
+pub fn pi_boot_partition() -> Option<Result<PathBuf, String>> {
+    let release: Release = read_json(Path::new(RELEASE_PATH)).ok()?;
+    if !matches!(release.board, BoardId::Rpi4 | BoardId::Rpi5) {
+        return None;
+    }
+    Some((|| {
+        let boot: BootInfo = read_json(Path::new(BOOT_INFO_PATH)).map_err(|e| e.to_string())?;
+        let t = tryboot::Tryboot::new(PathBuf::from(&boot.esp_device));
+        t.ensure_mounted().map_err(|e| e.to_string())?;
+        Ok(t.mount)
+    })())
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, UpdateError> {
     let bytes = std::fs::read(path).map_err(io_err(path.display().to_string()))?;
     serde_json::from_slice(&bytes).map_err(|e| UpdateError::Io {

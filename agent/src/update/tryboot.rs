@@ -66,7 +66,7 @@ impl Tryboot {
     }
 
     /// Mounts the `autoboot.txt` partition unless it is mounted already.
-    fn ensure_mounted(&self) -> io::Result<()> {
+    pub fn ensure_mounted(&self) -> io::Result<()> {
         if self.mount.join(AUTOBOOT_TXT).exists() {
             return Ok(());
         }
