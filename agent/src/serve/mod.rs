@@ -48,6 +48,9 @@ use tokio::sync::{oneshot, Semaphore};
 const BINARY_CONTENT_TYPE: &str = "application/octet-stream";
 /// The port the server listens on, on every address of the node.
 pub const DEFAULT_PORT: u16 = 8080;
+/// How long the server is quiet before the memory models freed goes back
+/// to the system.
+pub const TRIM_AFTER_IDLE: Duration = Duration::from_secs(5);
 /// Time a client has to send its whole body.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the server writes its models' state for `basalt-agent info`.
@@ -120,6 +123,8 @@ pub struct Server {
     pub node: Option<basalt_formats::mesh::NodeId>,
     /// Requests admitted and not yet answered.
     pending: Arc<AtomicUsize>,
+    /// Inference requests answered since the start.
+    answered: Arc<AtomicUsize>,
     /// Who else serves what, for requests this node cannot run.
     pub directory: Option<Arc<dyn route::Directory>>,
     /// The client for forwarded requests.
@@ -143,6 +148,7 @@ impl Server {
             metering,
             node,
             pending: Arc::new(AtomicUsize::new(0)),
+            answered: Arc::new(AtomicUsize::new(0)),
             directory: None,
             http: reqwest::Client::new(),
         }
@@ -195,6 +201,36 @@ impl Server {
         self.pending.load(Ordering::Relaxed)
     }
 
+    /// Hands the memory that finished requests freed back to the system
+    /// once requests stop for [`TRIM_AFTER_IDLE`]. glibc keeps what each
+    /// thread freed for reuse; after a burst of large tensors that is
+    /// hundreds of MiB an idle node has better use for. Under load nothing
+    /// changes: trimming waits for a quiet spell.
+    fn trim_when_idle(&self) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let (mut seen, mut trimmed) = (0, 0);
+            loop {
+                tokio::time::sleep(TRIM_AFTER_IDLE).await;
+                let answered = me.answered.load(Ordering::Relaxed);
+                if answered != seen {
+                    seen = answered;
+                    continue;
+                }
+                if answered != trimmed && me.in_flight() == 0 {
+                    trimmed = answered;
+                    #[cfg(target_env = "gnu")]
+                    let _ = tokio::task::spawn_blocking(|| {
+                        // SAFETY: malloc_trim only returns free pages of
+                        // the allocator's own arenas to the kernel.
+                        unsafe { libc::malloc_trim(0) }
+                    })
+                    .await;
+                }
+            }
+        })
+    }
+
     /// Loads every model found under `roots`, one after another, in the background.
     pub fn load_models(&self, roots: Vec<std::path::PathBuf>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
@@ -239,6 +275,7 @@ impl Server {
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         use axum::serve::ListenerExt;
+        let trim = self.trim_when_idle();
         // Answers go out as soon as they are written, not after the
         // client's delayed acknowledgement of the previous segment.
         let listener = listener.tap_io(|tcp| {
@@ -246,13 +283,15 @@ impl Server {
                 log::debug!("TCP_NODELAY: {e}");
             }
         });
-        axum::serve(
+        let served = axum::serve(
             listener,
             self.router()
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(stop)
-        .await
+        .await;
+        trim.abort();
+        served
     }
 }
 
@@ -515,7 +554,10 @@ async fn infer(
         Some(Ok(n)) => Ok(Some(n)),
         Some(Err(e)) => Err(error(400, e)),
     };
-    let body = header_len.and_then(|h| body.map(|b| (b, h)));
+    let body = match (header_len, body) {
+        (Ok(h), Ok(b)) => Ok((b, h)),
+        (Err(r), _) | (_, Err(r)) => Err(r),
+    };
     let mut served_by = None;
     let (response, caller, bytes_in, digest, version) = match body {
         Err(r) => (r, None, 0, [0; 32], None),
@@ -558,6 +600,7 @@ async fn infer(
         metrics::UNKNOWN_MODEL
     };
     let wall = started.elapsed();
+    s.answered.fetch_add(1, Ordering::Relaxed);
     s.metrics.observe(label, status, wall.as_secs_f64());
     // Only callers that got past the access check are metered: the others
     // are not anybody's usage.
