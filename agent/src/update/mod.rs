@@ -46,7 +46,7 @@ use esp::Esp;
 use log::{error, info, warn};
 use serde::Serialize;
 use state::{SlotRecord, UpdateState};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Boot attempts a freshly applied slot gets.
@@ -298,7 +298,21 @@ pub fn stage(source: impl Read, device: &Device) -> Result<CheckReport, UpdateEr
                         payload.size,
                         dev_path.display()
                     );
-                    std::io::copy(&mut p, &mut dev).map_err(BundleError::from_io)?;
+                    // A failed read is the bundle's (truncated, corrupt);
+                    // a failed write is the slot device's.
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let n = match p.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => n,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                            Err(e) => return Err(BundleError::from_io(e).into()),
+                        };
+                        dev.write_all(&buf[..n]).map_err(io_err(format!(
+                            "writing slot {target} ({})",
+                            dev_path.display()
+                        )))?;
+                    }
                     p.finish()?;
                     dev.sync_all()
                         .map_err(io_err(dev_path.display().to_string()))?;
