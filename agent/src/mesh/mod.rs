@@ -28,7 +28,7 @@ pub use runtime::{Mesh, MeshConfig, MeshError};
 use basalt_formats::mesh::{assign_ipv4, NetworkToken, NodeId, VerifiedDescriptor, WgPublicKey};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// What membership knows of a member's health.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,10 +54,19 @@ pub struct VerifiedMember {
 }
 
 impl VerifiedMember {
-    /// The endpoint to try: the observed one, else the first it advertises.
-    pub fn preferred_endpoint(&self) -> Option<SocketAddr> {
-        self.observed_endpoint
-            .or_else(|| self.descriptor.descriptor().endpoints.first().copied())
+    /// The endpoint to try: the observed one, else the first it advertises
+    /// at an address that is not one of this node's own (`own`). Devices
+    /// behind NAT often share a private address, a VM's user-mode network
+    /// always: sending there reaches this node itself, never the peer.
+    pub fn preferred_endpoint(&self, own: &[IpAddr]) -> Option<SocketAddr> {
+        self.observed_endpoint.or_else(|| {
+            let advertised = &self.descriptor.descriptor().endpoints;
+            advertised
+                .iter()
+                .find(|e| !own.contains(&e.ip()))
+                .or(advertised.first())
+                .copied()
+        })
     }
 }
 
@@ -116,6 +125,7 @@ pub fn wanted_peers(
     members: &[VerifiedMember],
     network: &NetworkToken,
     keepalive: Option<u16>,
+    own: &[IpAddr],
 ) -> Vec<WantedPeer> {
     let latest = latest(members);
     let ipv4 = assign_ipv4(network.ipv4_range(), &address_members(self_id, members));
@@ -146,7 +156,7 @@ pub fn wanted_peers(
             }
             Some(WantedPeer {
                 public_key: d.wg_public_key,
-                endpoint: m.preferred_endpoint(),
+                endpoint: m.preferred_endpoint(own),
                 allowed_ips,
                 keepalive,
             })
@@ -184,7 +194,10 @@ mod tests {
             network: net.name().clone(),
             node_id,
             wg_public_key: WgPublicKey::from_bytes([wg; 32]).unwrap(),
-            endpoints: vec![format!("192.0.2.{seed}:51820").parse().unwrap()],
+            endpoints: vec![
+                format!("192.0.2.{seed}:51820").parse().unwrap(),
+                format!("169.254.0.{seed}:51820").parse().unwrap(),
+            ],
             ipv6: mesh_ipv6(&net.ipv6_prefix(), &node_id),
             ipv4: "10.77.0.1".parse().unwrap(),
             capabilities: Capabilities {
@@ -218,7 +231,7 @@ mod tests {
             member(2, 20, 1, Liveness::Suspect),
             member(4, 40, 1, Liveness::Dead),
         ];
-        let peers = wanted_peers(&node(1), &members, &net, Some(25));
+        let peers = wanted_peers(&node(1), &members, &net, Some(25), &[]);
         assert_eq!(wg_keys(&peers), [20, 30]);
         let ipv4 = assign_ipv4(net.ipv4_range(), &(1..=4).map(node).collect());
         for (p, seed) in peers.iter().zip([2u8, 3]) {
@@ -245,9 +258,9 @@ mod tests {
         let mut members: Vec<VerifiedMember> = (1..=8)
             .map(|s| member(s, s * 10, 1, Liveness::Alive))
             .collect();
-        let a = wanted_peers(&node(1), &members, &net, None);
+        let a = wanted_peers(&node(1), &members, &net, None, &[]);
         members.reverse();
-        assert_eq!(wanted_peers(&node(1), &members, &net, None), a);
+        assert_eq!(wanted_peers(&node(1), &members, &net, None, &[]), a);
         assert_eq!(a.len(), 7);
     }
 
@@ -259,7 +272,10 @@ mod tests {
             member(2, 21, 7, Liveness::Alive),
             member(2, 22, 6, Liveness::Alive),
         ];
-        assert_eq!(wg_keys(&wanted_peers(&node(1), &members, &net, None)), [21]);
+        assert_eq!(
+            wg_keys(&wanted_peers(&node(1), &members, &net, None, &[])),
+            [21]
+        );
     }
 
     #[test]
@@ -272,7 +288,23 @@ mod tests {
             member(4, 10, 1, Liveness::Alive),
             member(5, 60, 1, Liveness::Alive),
         ];
-        assert_eq!(wg_keys(&wanted_peers(&node(1), &members, &net, None)), [60]);
+        assert_eq!(
+            wg_keys(&wanted_peers(&node(1), &members, &net, None, &[])),
+            [60]
+        );
+    }
+
+    #[test]
+    fn an_advertised_endpoint_at_one_of_our_own_addresses_is_skipped() {
+        let net = network();
+        let m = member(2, 20, 1, Liveness::Alive);
+        let advertised = m.descriptor.descriptor().endpoints.clone();
+        assert!(advertised.len() >= 2, "{advertised:?}");
+        let first = wanted_peers(&node(1), std::slice::from_ref(&m), &net, None, &[]);
+        assert_eq!(first[0].endpoint, Some(advertised[0]));
+        let own = [advertised[0].ip()];
+        let peers = wanted_peers(&node(1), &[m], &net, None, &own);
+        assert_eq!(peers[0].endpoint, Some(advertised[1]));
     }
 
     #[test]
@@ -280,7 +312,7 @@ mod tests {
         let net = network();
         let mut m = member(2, 20, 1, Liveness::Alive);
         m.observed_endpoint = Some("198.51.100.7:40000".parse().unwrap());
-        let peers = wanted_peers(&node(1), &[m], &net, None);
+        let peers = wanted_peers(&node(1), &[m], &net, None, &[]);
         assert_eq!(
             peers[0].endpoint,
             Some("198.51.100.7:40000".parse().unwrap())
@@ -298,8 +330,8 @@ mod tests {
         let ids = address_members(&node(1), &with_dead);
         assert_eq!(ids.len(), 3);
         assert_eq!(
-            wanted_peers(&node(1), &with_dead, &net, None),
-            wanted_peers(&node(1), &alive, &net, None)
+            wanted_peers(&node(1), &with_dead, &net, None, &[]),
+            wanted_peers(&node(1), &alive, &net, None, &[])
         );
     }
 }

@@ -383,7 +383,14 @@ impl<D: WgDevice, T: Tools> Mesh<D, T> {
             );
             self.applied_addresses = Some(want_addrs);
         }
-        let wanted = wanted_peers(&self.self_id, &members, &token, Some(self.config.keepalive));
+        let own: Vec<IpAddr> = host_addresses().into_iter().map(|(_, ip, _)| ip).collect();
+        let wanted = wanted_peers(
+            &self.self_id,
+            &members,
+            &token,
+            Some(self.config.keepalive),
+            &own,
+        );
         let actual = self.device.peers()?;
         let d = diff(&wanted, &actual);
         if !d.is_empty() {
@@ -409,6 +416,7 @@ impl<D: WgDevice, T: Tools> Mesh<D, T> {
             .into_iter()
             .map(|p| (p.public_key, p))
             .collect();
+        let own: Vec<IpAddr> = host_addresses().into_iter().map(|(_, ip, _)| ip).collect();
         let mut peers: Vec<PeerStatus> = members
             .iter()
             .filter(|m| m.descriptor.node_id() != self.self_id)
@@ -423,7 +431,7 @@ impl<D: WgDevice, T: Tools> Mesh<D, T> {
                     ipv4: ipv4s.get(&d.node_id).copied(),
                     endpoint: on
                         .and_then(|p| p.endpoint)
-                        .or_else(|| m.preferred_endpoint()),
+                        .or_else(|| m.preferred_endpoint(&own)),
                     last_handshake_s: on.and_then(|p| p.last_handshake).map(|d| d.as_secs()),
                     rx_bytes: on.map_or(0, |p| p.rx_bytes),
                     tx_bytes: on.map_or(0, |p| p.tx_bytes),
