@@ -192,12 +192,15 @@ fn start_inference(
 fn start_install(i: basalt_formats::cloud_config::Install) {
     std::thread::spawn(move || {
         info!("basalt.install: installing onto {}", i.device);
+        println!("basalt-agent: installing onto {} (basalt.install)", i.device);
         let mut last = (String::new(), u64::MAX);
         let result = crate::install::install(&i.device, &mut |phase, n, total| {
             let tenth = n * 10 / total.max(1);
             if last.0 != phase || last.1 != tenth {
                 last = (phase.to_string(), tenth);
                 info!("install: {phase} {} % ({n} of {total} bytes)", tenth * 10);
+                // On the console too: someone may be watching the installer.
+                println!("basalt-agent: install: {phase} {} %", tenth * 10);
             }
         });
         match result {
