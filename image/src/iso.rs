@@ -115,6 +115,15 @@ pub fn live_entry_text(name: &str, version: &str, options: &str) -> String {
     )
 }
 
+/// `epoch` as xorriso's `YYYYMMDDhhmmsscc` time string (UTC).
+pub fn xorriso_time(epoch: u64) -> String {
+    let t = fat_time(epoch);
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}00",
+        t.date.year, t.date.month, t.date.day, t.time.hour, t.time.min, t.time.sec
+    )
+}
+
 /// What the ISO takes from the image's ESP.
 struct EspFiles {
     systemd_boot: Vec<u8>,
@@ -420,7 +429,9 @@ pub fn make(image: &Path, out: &Path) -> Result<IsoSummary, IsoError> {
     let partial = staging.path().join("out.iso");
     let graft = |inside: &str, host: &Path| format!("{inside}={}", host.display());
     let mut cmd = Command::new("xorriso");
+    // Every date in the ISO is the build's, so the same image gives the same ISO.
     cmd.env("SOURCE_DATE_EPOCH", record.source_date_epoch.to_string())
+        .env("TZ", "UTC")
         .args(["-as", "mkisofs", "-o"])
         .arg(&partial)
         .args([
@@ -431,6 +442,8 @@ pub fn make(image: &Path, out: &Path) -> Result<IsoSummary, IsoError> {
             "-r",
             "-J",
             "-joliet-long",
+            "--set_all_file_dates",
+            &xorriso_time(record.source_date_epoch),
             "-append_partition",
             "2",
             "0xef",
@@ -482,6 +495,11 @@ mod tests {
             live_entry_text("basalt-appliance", "0.1.0", "basalt.live console=ttyS0,115200"),
             "title basalt-appliance 0.1.0 installer\nsort-key basalt\nversion 0.1.0\nlinux /basalt/live/vmlinuz\ninitrd /basalt/live/initrd\noptions basalt.live console=ttyS0,115200\n"
         );
+    }
+
+    #[test]
+    fn xorriso_dates() {
+        assert_eq!(xorriso_time(1_700_000_000), "2023111422132000");
     }
 
     #[test]
