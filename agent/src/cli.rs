@@ -638,7 +638,7 @@ fn run_install(device: &str, yes: bool, reboot: bool, json: bool) -> anyhow::Res
         }
     }
     let mut last = (String::new(), u64::MAX);
-    let done = crate::install::install(&target, &mut |phase, n, total| {
+    let done = crate::install::install(&target, false, &mut |phase, n, total| {
         let pct = n * 100 / total.max(1);
         if last.0 != phase || last.1 != pct {
             last = (phase.to_string(), pct);

@@ -58,6 +58,8 @@ pub enum InstallError {
         got: u64,
         expected: u64,
     },
+    #[error("{device} already holds this image (GPT disk GUID {guid}): not installing it again unattended; remove the installer medium, or run `basalt-agent install {device}` to write it anyway")]
+    AlreadyInstalled { device: PathBuf, guid: String },
     #[error("{device} reads back with SHA-256 {found}, but the build record says {expected}: the write did not stick or the ISO is damaged")]
     Mismatch {
         device: PathBuf,
@@ -445,6 +447,34 @@ fn zero_out(dev: &File, start: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// The GPT disk GUID in the first 1024 bytes of a disk (MBR, then the GPT
+/// header), if there is a GPT.
+pub fn gpt_disk_guid(head: &[u8]) -> Option<[u8; 16]> {
+    let h = head.get(512..1024)?;
+    (&h[..8] == b"EFI PART").then(|| h[56..72].try_into().expect("16 bytes"))
+}
+
+/// Whether `device` already holds the payload's partition table (the same
+/// GPT disk GUID, which basalt derives from the image spec): a machine that
+/// booted the installer again after an unattended installation.
+pub fn already_installed(payload: &Payload, device: &Path) -> Result<Option<String>, InstallError> {
+    let mut image_head = [0u8; 1024];
+    let src = File::open(&payload.image).map_err(io_err(&payload.image))?;
+    let mut dec = zstd::Decoder::new(src).map_err(io_err(&payload.image))?;
+    read_full(&mut dec, &mut image_head).map_err(io_err(&payload.image))?;
+    let mut disk_head = [0u8; 1024];
+    let dev = File::open(device).map_err(io_err(device))?;
+    if dev.read_exact_at(&mut disk_head, 0).is_err() {
+        return Ok(None);
+    }
+    Ok(
+        match (gpt_disk_guid(&image_head), gpt_disk_guid(&disk_head)) {
+            (Some(a), Some(b)) if a == b => Some(hex::encode(a)),
+            _ => None,
+        },
+    )
+}
+
 /// The live boot's record, or [`InstallError::NotLive`].
 pub fn live_boot() -> Result<BootInfo, InstallError> {
     fs::read(BOOT_INFO_PATH)
@@ -455,8 +485,14 @@ pub fn live_boot() -> Result<BootInfo, InstallError> {
 }
 
 /// Everything `basalt-agent install` and the service do: checks, write,
-/// read-back. `progress` sees the phase and bytes done.
-pub fn install(target: &InstallTarget, progress: Progress<'_>) -> Result<Installed, InstallError> {
+/// read-back. `progress` sees the phase and bytes done. `unattended`
+/// refuses a disk that already holds this image, so that a machine which
+/// boots the installer again does not install again, and again.
+pub fn install(
+    target: &InstallTarget,
+    unattended: bool,
+    progress: Progress<'_>,
+) -> Result<Installed, InstallError> {
     let boot = live_boot()?;
     let payload = find_payload(&Path::new(LIVE_MEDIUM_DIR).join("basalt"))?;
     let disks = list_disks(Path::new("/sys/block"));
@@ -469,6 +505,11 @@ pub fn install(target: &InstallTarget, progress: Progress<'_>) -> Result<Install
         payload.size,
         &mounted_devs(&mountinfo),
     )?;
+    if unattended {
+        if let Some(guid) = already_installed(&payload, &device)? {
+            return Err(InstallError::AlreadyInstalled { device, guid });
+        }
+    }
     log::info!(
         "installing {} ({} bytes) onto {}",
         payload.image.display(),
@@ -481,6 +522,47 @@ pub fn install(target: &InstallTarget, progress: Progress<'_>) -> Result<Install
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpt_disk_guid_is_read_from_the_header() {
+        let mut head = vec![0u8; 1024];
+        assert_eq!(gpt_disk_guid(&head), None);
+        head[512..520].copy_from_slice(b"EFI PART");
+        head[568..584].copy_from_slice(&[7; 16]);
+        assert_eq!(gpt_disk_guid(&head), Some([7; 16]));
+        assert_eq!(gpt_disk_guid(&head[..600]), None);
+    }
+
+    #[test]
+    fn a_disk_with_the_same_gpt_is_already_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut raw = vec![0u8; 8192];
+        raw[512..520].copy_from_slice(b"EFI PART");
+        raw[568..584].copy_from_slice(&[9; 16]);
+        let image = dir.path().join("x.img.zst");
+        fs::write(&image, zstd::encode_all(&raw[..], 3).unwrap()).unwrap();
+        let payload = Payload {
+            image,
+            record: serde_json::from_value(serde_json::json!({
+                "name": "x", "version": "1", "board": "x86_64-uefi", "arch": "amd64",
+                "suite": "bookworm", "rootfs_type": "squashfs", "kernel_version": "6.1",
+                "source_date_epoch": 0, "esp_size": 0, "slot_size": 0, "data_size": 0,
+                "rootfs_size": 0, "disk_size": 8192, "packages": [], "artifacts": [],
+            }))
+            .unwrap(),
+            size: 8192,
+            sha256: String::new(),
+        };
+        let disk = dir.path().join("disk");
+        fs::write(&disk, &raw).unwrap();
+        assert_eq!(
+            already_installed(&payload, &disk).unwrap().as_deref(),
+            Some("09090909090909090909090909090909")
+        );
+        raw[570] = 1;
+        fs::write(&disk, &raw).unwrap();
+        assert_eq!(already_installed(&payload, &disk).unwrap(), None);
+    }
 
     fn disk(name: &str, gib: u64, removable: bool, dev: &str) -> DiskEntry {
         DiskEntry {
@@ -613,6 +695,12 @@ mod tests {
         assert_eq!(
             seen.last().unwrap(),
             &("verify".to_string(), raw.len() as u64)
+        );
+
+        assert_eq!(
+            already_installed(&payload, &target).unwrap(),
+            None,
+            "no GPT"
         );
 
         let mut bad = payload.clone();

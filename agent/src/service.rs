@@ -192,9 +192,12 @@ fn start_inference(
 fn start_install(i: basalt_formats::cloud_config::Install) {
     std::thread::spawn(move || {
         info!("basalt.install: installing onto {}", i.device);
-        println!("basalt-agent: installing onto {} (basalt.install)", i.device);
+        println!(
+            "basalt-agent: installing onto {} (basalt.install)",
+            i.device
+        );
         let mut last = (String::new(), u64::MAX);
-        let result = crate::install::install(&i.device, &mut |phase, n, total| {
+        let result = crate::install::install(&i.device, true, &mut |phase, n, total| {
             let tenth = n * 10 / total.max(1);
             if last.0 != phase || last.1 != tenth {
                 last = (phase.to_string(), tenth);
