@@ -170,6 +170,7 @@ fn device(dir: &Path, key: &SecretKey, slot_len: u64) -> Device {
             data_device: "/dev/bench4".into(),
             data_grown: None,
             initrd_done_ms: 0,
+            live: false,
         },
         slot_devices: vec![(Slot::A, dir.join("slot-a")), (Slot::B, dir.join("slot-b"))],
         policy: Some(TrustPolicy::new(vec![key.public_key()], 1).unwrap()),

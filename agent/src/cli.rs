@@ -137,6 +137,27 @@ enum Command {
         #[arg(long)]
         no_reboot: bool,
     },
+    /// On the live system of the installer ISO: write the image it carries onto a disk.
+    ///
+    /// DEVICE is a whole disk, or `auto` for the only non-removable disk
+    /// (other than the live medium) the image fits on. Refuses the live
+    /// medium, a disk smaller than the image, a mounted or read-only disk.
+    /// Every byte is read back and checked against the image's SHA-256.
+    ///
+    /// Example: basalt-agent install /dev/vda --yes --reboot
+    Install {
+        /// The disk to write, such as /dev/vda or /dev/nvme0n1, or `auto`.
+        device: String,
+        /// Do not ask for confirmation (needed when standard input is not a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Reboot into the installed system when done.
+        #[arg(long)]
+        reboot: bool,
+        /// Print a JSON summary for machines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script for basalt-agent on stdout.
     ///
     /// Example: basalt-agent completions bash > /etc/bash_completion.d/basalt-agent
@@ -581,6 +602,12 @@ pub fn main() -> ExitCode {
                 .map_err(Into::into)
         }
         Command::Health { json, no_reboot } => return run_health(json, no_reboot),
+        Command::Install {
+            device,
+            yes,
+            reboot,
+            json,
+        } => run_install(&device, yes, reboot, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -589,6 +616,60 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_install(device: &str, yes: bool, reboot: bool, json: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let target: basalt_formats::cloud_config::InstallTarget =
+        device.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    crate::install::live_boot()?;
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!(
+                "standard input is not a terminal: add --yes to write {device} without asking"
+            );
+        }
+        eprint!("Everything on {device} will be replaced by the image. Type yes to go on: ");
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            anyhow::bail!("nothing written");
+        }
+    }
+    let mut last = (String::new(), u64::MAX);
+    let done = crate::install::install(&target, false, &mut |phase, n, total| {
+        let pct = n * 100 / total.max(1);
+        if last.0 != phase || last.1 != pct {
+            last = (phase.to_string(), pct);
+            if !json {
+                eprint!("\r{phase}: {pct:3} % of {total} bytes");
+                if n == total {
+                    eprintln!();
+                }
+            }
+        }
+    })?;
+    print(
+        json,
+        &done,
+        format!(
+            "installed {} {} onto {} ({} bytes, {} written as data, SHA-256 {} verified) in {:.1} s",
+            done.image,
+            done.version,
+            done.device.display(),
+            done.bytes,
+            done.bytes_written,
+            done.sha256,
+            done.duration_s
+        ),
+    );
+    if reboot {
+        std::process::Command::new("systemctl")
+            .args(["reboot", "--no-block"])
+            .status()?;
+    }
+    Ok(())
 }
 
 /// `--since`: an RFC 3339 time or an age before `now`; milliseconds since the epoch.
@@ -990,6 +1071,14 @@ fn run_health(json: bool, no_reboot: bool) -> ExitCode {
         })
         .collect();
     print(json, &outcomes, human.join("\n"));
+    if crate::install::live_boot().is_ok() {
+        // A live system has no slot to bless or fall back from.
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let device = crate::update::Device::open().ok();
     if let Some(t) = device.as_ref().and_then(|d| d.tryboot.as_ref()) {
         return pi_health(t, ok, no_reboot);

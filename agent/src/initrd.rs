@@ -4,6 +4,9 @@
 //! 2. load the kernel modules the builder listed, in order;
 //! 3. find the boot disk and this slot's root partition;
 //! 4. mount the root read-only at `/sysroot`;
+//!    (with `basalt.live`, the live system of the installer ISO instead:
+//!    find the ISO, mount its `basalt/root.img` through a loop device as the
+//!    root and a tmpfs as the data partition, skipping 5);
 //! 5. grow the data partition to fill the disk (first boot on a bigger disk),
 //!    mount it at `/sysroot/data`, grow its ext4 online;
 //! 6. lay a persistent overlay over `/etc`, bind `/var` and `/home` from data;
@@ -15,9 +18,10 @@
 
 use crate::disk::{self, SysRoots};
 use crate::{kerr, kinfo, knotice, kwarn};
-use basalt_formats::boot::{BootInfo, BOOT_INFO_PATH};
+use basalt_formats::boot::{BootInfo, BOOT_INFO_PATH, LIVE_MEDIUM_DIR};
 use basalt_formats::cmdline::KernelCmdline;
 use basalt_formats::initrd::{InitrdConfig, INITRD_CONFIG_PATH};
+use basalt_formats::Slot;
 use nix::mount::{mount, MsFlags};
 use std::ffi::CString;
 use std::fs;
@@ -67,15 +71,12 @@ fn run() -> anyhow::Result<Never> {
             .with_context(|| format!("reading {INITRD_CONFIG_PATH}"))?,
     )
     .with_context(|| format!("parsing {INITRD_CONFIG_PATH}"))?;
-    let slot = cmdline.slot.context(
-        "the kernel command line has no basalt.slot=a|b; the boot loader entry is broken",
-    )?;
     knotice!(
-        "{} on {} (kernel {}), booting slot {slot} ({})",
+        "{} on {} (kernel {}){}",
         config.version,
         config.board,
         config.kernel_version,
-        config.rootfs_type
+        if cmdline.live { ", live system" } else { "" }
     );
 
     load_modules(&config.modules);
@@ -92,6 +93,79 @@ fn run() -> anyhow::Result<Never> {
             kwarn!("mounting efivarfs: {e}");
         }
     }
+    mkdir(SYSROOT)?;
+    let mut info = if cmdline.live {
+        mount_live(&config)?
+    } else {
+        let slot = cmdline.slot.context(
+            "the kernel command line has no basalt.slot=a|b; the boot loader entry is broken",
+        )?;
+        mount_slot(&config, slot, efivars)?
+    };
+
+    // Persistent /etc: the image's /etc below, the device's changes above.
+    for d in ["overlay/etc/upper", "overlay/etc/work", "home", "basalt"] {
+        mkdir(&format!("{DATA}/{d}"))?;
+    }
+    // /var starts as the image shipped it.
+    let var = Path::new(DATA).join("var");
+    if !var.exists() {
+        let partial = Path::new(DATA).join("var.partial");
+        if partial.exists() {
+            fs::remove_dir_all(&partial)
+                .with_context(|| format!("removing {}", partial.display()))?;
+        }
+        let started = Instant::now();
+        copy_tree(Path::new("/sysroot/var"), &partial)
+            .with_context(|| format!("copying /var to {}", partial.display()))?;
+        nix::unistd::sync();
+        fs::rename(&partial, &var)
+            .with_context(|| format!("renaming {} to {}", partial.display(), var.display()))?;
+        knotice!(
+            "data partition: /var populated from the image in {} ms",
+            started.elapsed().as_millis()
+        );
+    }
+    mount(
+        Some("overlay"),
+        "/sysroot/etc",
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some("lowerdir=/sysroot/etc,upperdir=/sysroot/data/overlay/etc/upper,workdir=/sysroot/data/overlay/etc/work"),
+    )
+    .context("mounting the /etc overlay")?;
+    for d in ["var", "home"] {
+        let src = format!("{DATA}/{d}");
+        let dst = format!("{SYSROOT}/{d}");
+        mount(
+            Some(src.as_str()),
+            dst.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("binding {src} on {dst}"))?;
+    }
+
+    info.initrd_done_ms = uptime_ms();
+    mkdir("/run/basalt")?;
+    fs::write(BOOT_INFO_PATH, serde_json::to_vec_pretty(&info)?)
+        .with_context(|| format!("writing {BOOT_INFO_PATH}"))?;
+
+    let init = cmdline.init.as_deref().unwrap_or("/sbin/init");
+    knotice!(
+        "switching root to {SYSROOT} after {} ms, starting {init}",
+        info.initrd_done_ms
+    );
+    switch_root(SYSROOT, init)
+}
+
+/// Finds this slot's partitions on the boot disk, mounts the root read-only
+/// on [`SYSROOT`] and the data partition (grown first when the disk is
+/// larger than the image) on [`DATA`].
+fn mount_slot(config: &InitrdConfig, slot: Slot, efivars: &Path) -> anyhow::Result<BootInfo> {
+    use anyhow::Context;
+    knotice!("booting slot {slot} ({})", config.rootfs_type);
     let loader_esp = disk::loader_device_part_uuid(efivars);
     if let Some(g) = loader_esp {
         kinfo!("boot loader ESP: {g}");
@@ -123,7 +197,6 @@ fn run() -> anyhow::Result<Never> {
         data_dev.display()
     );
 
-    mkdir(SYSROOT)?;
     mount(
         Some(&root_dev),
         SYSROOT,
@@ -177,51 +250,7 @@ fn run() -> anyhow::Result<Never> {
         Err(e) => kwarn!("could not grow the data file system: {e}"),
     }
 
-    // Persistent /etc: the image's /etc below, the device's changes above.
-    for d in ["overlay/etc/upper", "overlay/etc/work", "home", "basalt"] {
-        mkdir(&format!("{DATA}/{d}"))?;
-    }
-    // /var starts as the image shipped it.
-    let var = Path::new(DATA).join("var");
-    if !var.exists() {
-        let partial = Path::new(DATA).join("var.partial");
-        if partial.exists() {
-            fs::remove_dir_all(&partial)
-                .with_context(|| format!("removing {}", partial.display()))?;
-        }
-        let started = Instant::now();
-        copy_tree(Path::new("/sysroot/var"), &partial)
-            .with_context(|| format!("copying /var to {}", partial.display()))?;
-        nix::unistd::sync();
-        fs::rename(&partial, &var)
-            .with_context(|| format!("renaming {} to {}", partial.display(), var.display()))?;
-        knotice!(
-            "data partition: /var populated from the image in {} ms",
-            started.elapsed().as_millis()
-        );
-    }
-    mount(
-        Some("overlay"),
-        "/sysroot/etc",
-        Some("overlay"),
-        MsFlags::MS_NODEV,
-        Some("lowerdir=/sysroot/etc,upperdir=/sysroot/data/overlay/etc/upper,workdir=/sysroot/data/overlay/etc/work"),
-    )
-    .context("mounting the /etc overlay")?;
-    for d in ["var", "home"] {
-        let src = format!("{DATA}/{d}");
-        let dst = format!("{SYSROOT}/{d}");
-        mount(
-            Some(src.as_str()),
-            dst.as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .with_context(|| format!("binding {src} on {dst}"))?;
-    }
-
-    let info = BootInfo {
+    Ok(BootInfo {
         slot,
         disk: boot.disk.dev_path.display().to_string(),
         esp_device: boot
@@ -232,18 +261,175 @@ fn run() -> anyhow::Result<Never> {
         root_device: root_dev.display().to_string(),
         data_device: data_dev.display().to_string(),
         data_grown: grown,
-        initrd_done_ms: uptime_ms(),
-    };
-    mkdir("/run/basalt")?;
-    fs::write(BOOT_INFO_PATH, serde_json::to_vec_pretty(&info)?)
-        .with_context(|| format!("writing {BOOT_INFO_PATH}"))?;
+        initrd_done_ms: 0,
+        live: false,
+    })
+}
 
-    let init = cmdline.init.as_deref().unwrap_or("/sbin/init");
+/// Finds the installer ISO (a CD, or a USB stick it was written to), mounts
+/// it read-only on [`LIVE_MEDIUM_DIR`] (moved with `/run` into the new root,
+/// where `basalt-agent install` finds the image), attaches its
+/// `basalt/root.img` to a loop device and mounts that read-only on
+/// [`SYSROOT`], with a tmpfs as the data partition.
+fn mount_live(config: &InitrdConfig) -> anyhow::Result<BootInfo> {
+    use anyhow::Context;
+    mkdir(LIVE_MEDIUM_DIR)?;
+    let started = Instant::now();
+    let medium = loop {
+        if let Some(m) = find_live_medium() {
+            break m;
+        }
+        if started.elapsed() >= DISK_WAIT {
+            anyhow::bail!(
+                "no ISO 9660 medium with {LIVE_ROOT_IMAGE} appeared in {} s (is the installer ISO attached?)",
+                DISK_WAIT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    kinfo!("live medium {} on {LIVE_MEDIUM_DIR}", medium.display());
+    let image = Path::new(LIVE_MEDIUM_DIR).join(LIVE_ROOT_IMAGE);
+    let loop_dev = attach_loop(&image)?;
+    mount(
+        Some(&loop_dev),
+        SYSROOT,
+        Some(config.rootfs_type.kernel_name()),
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .with_context(|| {
+        format!(
+            "mounting {} ({}, {}) read-only on {SYSROOT}",
+            loop_dev.display(),
+            image.display(),
+            config.rootfs_type
+        )
+    })?;
+    mount(
+        Some("tmpfs"),
+        DATA,
+        Some("tmpfs"),
+        MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )
+    .with_context(|| format!("mounting a tmpfs on {DATA}"))?;
     knotice!(
-        "switching root to {SYSROOT} after {} ms, starting {init}",
-        info.initrd_done_ms
+        "live system: root {} from {}, data in memory",
+        loop_dev.display(),
+        medium.display()
     );
-    switch_root(SYSROOT, init)
+    Ok(BootInfo {
+        slot: Slot::A,
+        disk: medium.display().to_string(),
+        esp_device: String::new(),
+        root_device: loop_dev.display().to_string(),
+        data_device: "tmpfs".into(),
+        data_grown: None,
+        initrd_done_ms: 0,
+        live: true,
+    })
+}
+
+/// The root file system image on the installer ISO, relative to its top.
+const LIVE_ROOT_IMAGE: &str = "basalt/root.img";
+
+/// True when `sector` (2048 bytes read at byte 32768) is an ISO 9660
+/// volume descriptor.
+pub fn is_iso9660_descriptor(sector: &[u8]) -> bool {
+    sector.len() >= 6 && &sector[1..6] == b"CD001"
+}
+
+/// Tries every block device holding an ISO 9660 volume: mounts it on
+/// [`LIVE_MEDIUM_DIR`] and keeps it when it holds [`LIVE_ROOT_IMAGE`].
+fn find_live_medium() -> Option<PathBuf> {
+    use std::os::unix::fs::FileExt;
+    let mut names: Vec<String> = fs::read_dir("/sys/class/block")
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            !["loop", "ram", "zram", "dm-"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        .collect();
+    // CDs first, then whole disks before their partitions.
+    names.sort_by_key(|n| (!n.starts_with("sr"), n.len(), n.clone()));
+    for name in names {
+        let dev = PathBuf::from("/dev").join(&name);
+        let Ok(f) = fs::File::open(&dev) else {
+            continue;
+        };
+        let mut sector = [0u8; 2048];
+        if f.read_exact_at(&mut sector, 32768).is_err() || !is_iso9660_descriptor(&sector) {
+            continue;
+        }
+        drop(f);
+        if let Err(e) = mount(
+            Some(&dev),
+            LIVE_MEDIUM_DIR,
+            Some("iso9660"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+            None::<&str>,
+        ) {
+            kwarn!("{}: mounting as ISO 9660: {e}", dev.display());
+            continue;
+        }
+        if Path::new(LIVE_MEDIUM_DIR).join(LIVE_ROOT_IMAGE).is_file() {
+            return Some(dev);
+        }
+        kinfo!(
+            "{}: an ISO 9660 volume without {LIVE_ROOT_IMAGE}",
+            dev.display()
+        );
+        let _ = nix::mount::umount(LIVE_MEDIUM_DIR);
+    }
+    None
+}
+
+/// Attaches `image` read-only to a free loop device and returns the device.
+fn attach_loop(image: &Path) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    use std::os::fd::AsRawFd;
+    // linux/loop.h
+    const LOOP_SET_FD: libc::c_ulong = 0x4C00;
+    const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+    let ctl = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")
+        .context("opening /dev/loop-control (is the loop module loaded?)")?;
+    // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
+    let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error()).context("finding a free loop device");
+    }
+    let dev = PathBuf::from(format!("/dev/loop{n}"));
+    let started = Instant::now();
+    let loop_file = loop {
+        match fs::OpenOptions::new().read(true).open(&dev) {
+            Ok(f) => break f,
+            Err(_) if started.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening {}", dev.display())),
+        }
+    };
+    // Opened read-only, so the loop device is read-only too.
+    let backing = fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    // SAFETY: LOOP_SET_FD takes the backing file's descriptor, which outlives the call.
+    let rc = unsafe {
+        libc::ioctl(
+            loop_file.as_raw_fd(),
+            LOOP_SET_FD as _,
+            backing.as_raw_fd() as libc::c_ulong,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("attaching {} to {}", image.display(), dev.display()));
+    }
+    Ok(dev)
 }
 
 fn mkdir(path: &str) -> anyhow::Result<()> {
@@ -412,5 +598,20 @@ fn delete_tree_on_device(dir: &Path, dev: u64) {
         } else {
             let _ = fs::remove_file(&path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso9660_descriptor() {
+        let mut pvd = [0u8; 2048];
+        pvd[0] = 1;
+        pvd[1..6].copy_from_slice(b"CD001");
+        assert!(is_iso9660_descriptor(&pvd));
+        assert!(!is_iso9660_descriptor(&[0u8; 2048]));
+        assert!(!is_iso9660_descriptor(b"\x01CD0"));
     }
 }

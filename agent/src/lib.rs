@@ -3,6 +3,7 @@
 //! | module | what it does |
 //! | --- | --- |
 //! | [`initrd`] | PID 1 of the initrd: modules, partitions, mounts, `switch_root` |
+//! | [`install`] | the installer ISO's live system: write the image it carries onto a disk |
 //! | [`disk`] | finding basalt's partitions on the block devices, growing the data partition |
 //! | [`fetch`] | HTTP(S) downloads with timeouts and resume (`Range`), for bundles, the update channel and cloud-config URLs |
 //! | [`provision`] | cloud-config: sources, merge, apply once or every boot |
@@ -19,6 +20,7 @@ pub mod disk;
 pub mod fetch;
 pub mod identity;
 pub mod initrd;
+pub mod install;
 pub mod kmsg;
 pub mod mesh;
 pub mod metering;

@@ -187,6 +187,56 @@ fn start_inference(
 /// poll a few minutes after start, then every `poll_interval` ±10 %. A newer
 /// version is checked, staged, applied and rebooted into (see
 /// [`crate::update::poll`]).
+/// Runs `basalt.install` in the background, progress to the journal, then
+/// reboots into the installed system when asked to.
+fn start_install(i: basalt_formats::cloud_config::Install) {
+    std::thread::spawn(move || {
+        info!("basalt.install: installing onto {}", i.device);
+        println!(
+            "basalt-agent: installing onto {} (basalt.install)",
+            i.device
+        );
+        let mut last = (String::new(), u64::MAX);
+        let result = crate::install::install(&i.device, true, &mut |phase, n, total| {
+            let tenth = n * 10 / total.max(1);
+            if last.0 != phase || last.1 != tenth {
+                last = (phase.to_string(), tenth);
+                info!("install: {phase} {} % ({n} of {total} bytes)", tenth * 10);
+                // On the console too: someone may be watching the installer.
+                println!("basalt-agent: install: {phase} {} %", tenth * 10);
+            }
+        });
+        match result {
+            Ok(done) => {
+                info!(
+                    "install: done: {} {} on {}, SHA-256 {} verified in {:.1} s",
+                    done.image,
+                    done.version,
+                    done.device.display(),
+                    done.sha256,
+                    done.duration_s
+                );
+                // The console line tests and operators watch for.
+                println!(
+                    "basalt-agent: installed {} onto {}{}",
+                    done.version,
+                    done.device.display(),
+                    if i.reboot { ", rebooting" } else { "" }
+                );
+                if i.reboot {
+                    let _ = std::process::Command::new("systemctl")
+                        .args(["reboot", "--no-block"])
+                        .status();
+                }
+            }
+            Err(e) => {
+                log::error!("install: {e}");
+                println!("basalt-agent: install failed: {e}");
+            }
+        }
+    });
+}
+
 fn start_update_poller(update: basalt_formats::cloud_config::Update) {
     use crate::update::poll;
     let spawned = std::thread::Builder::new()
@@ -353,16 +403,21 @@ pub fn run() -> anyhow::Result<()> {
             .and_then(|c| c.basalt)
             .as_ref(),
     );
-    match crate::update::Device::open() {
-        Ok(device) => crate::update::reconcile_on_boot(&device),
-        Err(e) => warn!("update state not checked: {e}"),
-    }
-    // Automatic updates, when cloud-config names a channel.
-    if let Some(u) = crate::provision::current_config(Path::new(crate::provision::STATE_DIR))
-        .and_then(|c| c.basalt)
-        .and_then(|b| b.update)
-    {
-        start_update_poller(u);
+    let live = crate::install::live_boot().is_ok();
+    if live {
+        info!("live system from the installer ISO: no slots, no updates");
+    } else {
+        match crate::update::Device::open() {
+            Ok(device) => crate::update::reconcile_on_boot(&device),
+            Err(e) => warn!("update state not checked: {e}"),
+        }
+        // Automatic updates, when cloud-config names a channel.
+        if let Some(u) = crate::provision::current_config(Path::new(crate::provision::STATE_DIR))
+            .and_then(|c| c.basalt)
+            .and_then(|b| b.update)
+        {
+            start_update_poller(u);
+        }
     }
     let st = status::collect(Path::new("/"));
     for e in &st.errors {
@@ -393,6 +448,14 @@ pub fn run() -> anyhow::Result<()> {
             sd_notify::NotifyState::Status("running"),
         ],
     );
+
+    // An unattended installation, when cloud-config asks for one on a live system.
+    let install = crate::provision::current_config(Path::new(crate::provision::STATE_DIR))
+        .and_then(|c| c.basalt)
+        .and_then(|b| b.install);
+    if let (true, Some(i)) = (live, install) {
+        start_install(i);
+    }
 
     let mut usec = 0;
     let interval = if sd_notify::watchdog_enabled(false, &mut usec) {

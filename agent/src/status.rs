@@ -86,7 +86,13 @@ impl Status {
         let slot = self
             .boot
             .as_ref()
-            .map(|b| b.slot.to_string())
+            .map(|b| {
+                if b.live {
+                    "live".to_string()
+                } else {
+                    b.slot.to_string()
+                }
+            })
             .unwrap_or_else(|| "?".into());
         format!("basalt-agent: ready name={name} version={version} board={board} slot={slot} hostname={}", self.hostname)
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
     name = "basalt",
     version,
     about = "Build immutable A/B appliance images for edge devices",
-    after_help = "Examples:\n  basalt build                                   # the default appliance for x86_64-uefi, into ./out\n  basalt build my-spec.yaml --board arm64-uefi --out build/\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt mesh token --network lab\n  basalt config validate user-data.yaml\n  basalt keygen --out keys/release\n  basalt bundle out/basalt-appliance-0.1.0-x86_64-uefi.img --key keys/release.key\n  basalt flash out/basalt-appliance-0.1.0-rpi4.img /dev/sdX --cloud-config node.yaml\n  basalt completions bash > /etc/bash_completion.d/basalt"
+    after_help = "Examples:\n  basalt build                                   # the default appliance for x86_64-uefi, into ./out\n  basalt build my-spec.yaml --board arm64-uefi --out build/\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt iso out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt mesh token --network lab\n  basalt config validate user-data.yaml\n  basalt keygen --out keys/release\n  basalt bundle out/basalt-appliance-0.1.0-x86_64-uefi.img --key keys/release.key\n  basalt flash out/basalt-appliance-0.1.0-rpi4.img /dev/sdX --cloud-config node.yaml\n  basalt completions bash > /etc/bash_completion.d/basalt"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -51,15 +51,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make an installer ISO (CD or USB stick, UEFI) from a built x86_64-uefi image.
+    ///
+    /// The ISO boots a live system from the image's slot A, whose
+    /// `basalt-agent install DEVICE` (or cloud-config `basalt.install`)
+    /// writes the image onto a disk. Nothing is built again: the kernel,
+    /// initrd and root file system come from the image, which must match its
+    /// build record.
+    #[command(
+        after_help = "Examples:\n  basalt iso out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt iso out/basalt-appliance-0.1.0-x86_64-uefi.img --out installer.iso --json\n  dd if=out/basalt-appliance-0.1.0-x86_64-uefi.iso of=/dev/sdX bs=4M conv=fsync   # a USB stick"
+    )]
+    Iso {
+        /// The raw disk image (.img) made by `basalt build`, with its .json beside it.
+        image: PathBuf,
+        /// Where to write the ISO (default: the image's name with .iso, beside it).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print a JSON summary on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Boot a built image under QEMU with its serial console on this terminal.
     ///
     /// The image is not modified: the VM writes to an overlay in the state
     /// directory. Leave the console with Ctrl-A X.
     #[command(
-        after_help = "Examples:\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt run out/basalt-appliance-0.1.0-arm64-uefi.img --until-ready\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img --cloud-config node.yaml --forward 8080:8080\n  # three nodes on one virtual LAN, each in its own terminal:\n  basalt run IMAGE --state-dir vm1 --lan lab --cloud-config mesh.yaml\n  basalt run IMAGE --state-dir vm2 --lan lab --cloud-config mesh.yaml"
+        after_help = "Examples:\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt run out/basalt-appliance-0.1.0-arm64-uefi.img --until-ready\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img --cloud-config node.yaml --forward 8080:8080\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.iso --disk-size 4GiB   # the installer, an empty disk\n  # three nodes on one virtual LAN, each in its own terminal:\n  basalt run IMAGE --state-dir vm1 --lan lab --cloud-config mesh.yaml\n  basalt run IMAGE --state-dir vm2 --lan lab --cloud-config mesh.yaml"
     )]
     Run {
-        /// The disk image (.img or .qcow2) made by `basalt build`.
+        /// The disk image (.img or .qcow2) made by `basalt build`, or an
+        /// installer ISO made by `basalt iso`, booted as a CD beside an empty
+        /// disk of --disk-size (default 8 GiB; --keep boots what was installed).
         image: PathBuf,
         /// Board of the image; read from the build record beside the image when omitted.
         #[arg(long)]
@@ -347,6 +369,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Iso { image, out, json } => {
+            let out = out.unwrap_or_else(|| crate::iso::default_out(&image));
+            let summary = crate::iso::make(&image, &out)?;
+            if json {
+                print_json(&summary)?;
+            } else {
+                println!("{}  {}", summary.sha256, summary.iso.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run {
             image,
             board,
@@ -359,8 +391,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cloud_config,
             lan,
         } => {
+            // An installer ISO boots as a CD beside an empty disk.
+            let iso = image.extension().is_some_and(|e| e == "iso");
             let board_id = match board {
                 Some(b) => b,
+                None if iso => BoardId::X86_64Uefi,
                 None => record_beside(&image)?.board,
             };
             let board = crate::assets::board(board_id)?;
@@ -391,11 +426,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let _ = std::fs::create_dir_all(&state_dir);
                 qemu::Lan::named(&name, &state_dir)
             });
+            let (image, disk_size) = if iso {
+                extra_args.extend(qemu::cdrom(&image));
+                std::fs::create_dir_all(&state_dir)
+                    .with_context(|| format!("creating {}", state_dir.display()))?;
+                let blank = state_dir.join("blank.img");
+                if !keep || !blank.exists() {
+                    std::fs::File::create(&blank)
+                        .and_then(|f| f.set_len(disk_size.map_or(8 << 30, |s| s.bytes())))
+                        .with_context(|| format!("creating {}", blank.display()))?;
+                }
+                (blank, None)
+            } else {
+                (image, disk_size.map(|s| s.bytes()))
+            };
             let cfg = qemu::VmConfig {
                 board,
                 image,
                 state_dir,
-                disk_size: disk_size.map(|s| s.bytes()),
+                disk_size,
                 cpus: 2,
                 keep_state: keep,
                 extra_args,

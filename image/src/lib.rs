@@ -7,6 +7,7 @@
 //! | [`config_cmd`] | `basalt config validate`: checking a cloud-config |
 //! | [`build`] | `basalt build`: root file system, initrd, ESP or Pi boot slots, slots, disk, outputs |
 //! | [`flash`] | `basalt flash`: an image onto an SD card, USB stick or disk, block map aware, read back and compared |
+//! | [`iso`] | `basalt iso`: a hybrid installer ISO (CD or USB stick) from a built x86_64 UEFI image |
 //! | [`bundle_cmd`] | `basalt keygen`, `bundle`, `sign`, `inspect`: signed update bundles |
 //! | [`mesh_cmd`] | `basalt mesh`: network tokens |
 //! | [`tools`] | running external tools (mmdebstrap, mksquashfs, …) with errors that name them |
@@ -20,6 +21,7 @@ pub mod bundle_cmd;
 pub mod cli;
 pub mod config_cmd;
 pub mod flash;
+pub mod iso;
 pub mod mesh_cmd;
 pub mod pi_launch;
 pub mod progress;

@@ -216,6 +216,22 @@ pub fn readonly_disk(id: &str, image: &Path) -> Vec<String> {
     ]
 }
 
+/// QEMU arguments that attach `iso` as a read-only SCSI CD, booted after the
+/// disk (an empty disk is skipped by the firmware, an installed one wins).
+pub fn cdrom(iso: &Path) -> Vec<String> {
+    vec![
+        "-device".into(),
+        "virtio-scsi-pci,id=scsi0".into(),
+        "-drive".into(),
+        format!(
+            "if=none,id=cd0,media=cdrom,format=raw,readonly=on,file={}",
+            iso.display()
+        ),
+        "-device".into(),
+        "scsi-cd,bus=scsi0.0,drive=cd0,bootindex=1".into(),
+    ]
+}
+
 /// Creates the overlay and variable store unless kept from an earlier boot.
 pub fn prepare(cfg: &VmConfig) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(&cfg.state_dir)

@@ -31,7 +31,7 @@ fn example_is_valid() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out.trim(),
-        format!("{file}: valid (hostname edge-7, 3 users, 7 files, basalt: alias, mesh, update, models, inference, health, allowed_clients, api_tokens)")
+        format!("{file}: valid (hostname edge-7, 3 users, 7 files, basalt: alias, mesh, update, models, inference, health, allowed_clients, api_tokens, install)")
     );
 }
 

@@ -6,6 +6,11 @@ use serde::{Deserialize, Serialize};
 
 pub const BOOT_INFO_PATH: &str = "/run/basalt/boot.json";
 
+/// Where a live system (booted from the installer ISO) finds its boot
+/// medium, mounted read-only: `basalt/root.img`, the image to install and
+/// its build record.
+pub const LIVE_MEDIUM_DIR: &str = "/run/basalt/live";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootInfo {
@@ -19,6 +24,10 @@ pub struct BootInfo {
     pub data_grown: Option<DataGrowth>,
     /// Milliseconds from kernel start to the switch into the root file system.
     pub initrd_done_ms: u64,
+    /// A live system from the installer ISO: the root is the medium's
+    /// `root.img`, the data partition a tmpfs, `disk` the medium.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

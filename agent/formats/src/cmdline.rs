@@ -16,6 +16,8 @@ pub struct KernelCmdline {
     pub init: Option<String>,
     /// `basalt.shell`: drop to an emergency shell in the initrd instead of switching root.
     pub debug: bool,
+    /// `basalt.live`: boot the live system from the installer ISO instead of a slot.
+    pub live: bool,
     /// Whether `basalt.cloud-config=` or `basalt.cloud-config-url=` is present.
     pub cloud_config: bool,
     /// Problems found while parsing, reported by the caller (never fatal).
@@ -37,6 +39,7 @@ impl KernelCmdline {
                 },
                 ("basalt.init", Some(v)) => out.init = Some(v.to_string()),
                 ("basalt.debug", None) => out.debug = true,
+                ("basalt.live", None | Some("1")) => out.live = true,
                 (
                     crate::cloud_config::sources::CMDLINE_DOCUMENT_PARAM
                     | crate::cloud_config::sources::CMDLINE_URL_PARAM,
@@ -80,5 +83,16 @@ mod tests {
         assert_eq!(c.slot, None);
         assert_eq!(c.warnings.len(), 2);
         assert!(c.debug);
+    }
+
+    #[test]
+    fn live_needs_no_slot() {
+        for text in ["basalt.live", "basalt.live=1 console=ttyS0"] {
+            let c = KernelCmdline::parse(text);
+            assert!(c.live, "{text}");
+            assert_eq!(c.slot, None);
+            assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        }
+        assert!(!KernelCmdline::parse("basalt.slot=a").live);
     }
 }

@@ -172,6 +172,7 @@ pub(crate) fn fixture() -> Fixture {
             data_device: "/dev/vda4".into(),
             data_grown: None,
             initrd_done_ms: 0,
+            live: false,
         },
         slot_devices: vec![
             (Slot::A, dir.path().join("slot-a")),

@@ -4,6 +4,7 @@
 mod boot;
 mod build;
 mod infer;
+mod iso;
 mod mesh;
 mod power_cut;
 mod provision;

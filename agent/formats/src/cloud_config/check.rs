@@ -7,9 +7,9 @@ use super::file::{
 use super::value::{ValueError, WritePath};
 use super::{
     AllowedClient, ApiToken, Basalt, CloudConfig, CloudConfigError, Command, Health, HealthCheck,
-    Hostname, Inference, Mesh, Model, Ntp, Owner, SshPublicKey, Update, User, UserName, WriteFile,
-    DEFAULT_HEALTH_TIMEOUT_S, DEFAULT_POLL_INTERVAL_S, MAX_FILE_BYTES, MAX_HEALTH_TIMEOUT_S,
-    SUPPORTED_BASALT_VERSIONS,
+    Hostname, Inference, Install, Mesh, Model, Ntp, Owner, SshPublicKey, Update, User, UserName,
+    WriteFile, DEFAULT_HEALTH_TIMEOUT_S, DEFAULT_POLL_INTERVAL_S, MAX_FILE_BYTES,
+    MAX_HEALTH_TIMEOUT_S, SUPPORTED_BASALT_VERSIONS,
 };
 use base64::engine::general_purpose::GeneralPurpose;
 use base64::engine::{DecodePaddingMode, GeneralPurposeConfig};
@@ -605,6 +605,18 @@ fn check_basalt(cx: &Ctx, b: BasaltFile) -> Result<Basalt> {
             Ok(out)
         })
         .transpose()?;
+    let install = b
+        .install
+        .map(|i| -> Result<Install> {
+            Ok(Install {
+                device: i
+                    .device
+                    .parse()
+                    .map_err(|e: String| cx.err("basalt.install.device", e))?,
+                reboot: i.reboot.unwrap_or(true),
+            })
+        })
+        .transpose()?;
     Ok(Basalt {
         version,
         alias,
@@ -615,6 +627,7 @@ fn check_basalt(cx: &Ctx, b: BasaltFile) -> Result<Basalt> {
         health,
         allowed_clients,
         api_tokens,
+        install,
     })
 }
 

@@ -99,6 +99,15 @@ pub struct BasaltFile {
     pub health: Option<HealthFile>,
     pub allowed_clients: Option<Vec<AllowedClientFile>>,
     pub api_tokens: Option<Vec<ApiTokenFile>>,
+    pub install: Option<InstallFile>,
+}
+
+/// `basalt.install`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallFile {
+    pub device: String,
+    pub reboot: Option<bool>,
 }
 
 /// `basalt.mesh`.

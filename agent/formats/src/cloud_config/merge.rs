@@ -195,6 +195,7 @@ fn merge_basalt(earlier: Option<Basalt>, later: Basalt) -> Basalt {
         health: later.health.or(e.health),
         allowed_clients: later.allowed_clients.or(e.allowed_clients),
         api_tokens: later.api_tokens.or(e.api_tokens),
+        install: later.install.or(e.install),
     }
 }
 

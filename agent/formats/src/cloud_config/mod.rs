@@ -81,6 +81,7 @@ pub const BASALT_KEYS: &[&str] = &[
     "health",
     "allowed_clients",
     "api_tokens",
+    "install",
 ];
 
 /// Largest decoded `write_files` content: a bigger file belongs in the image
@@ -279,6 +280,10 @@ pub struct Basalt {
     /// `api_tokens`: SHA-256 of bearer tokens this node accepts, by name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_tokens: Option<Vec<ApiToken>>,
+    /// `install`: on a live system booted from the installer ISO, the disk
+    /// to install the image onto without asking.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub install: Option<Install>,
 }
 
 impl Basalt {
@@ -294,12 +299,71 @@ impl Basalt {
             ("health", self.health.is_some()),
             ("allowed_clients", self.allowed_clients.is_some()),
             ("api_tokens", self.api_tokens.is_some()),
+            ("install", self.install.is_some()),
         ] {
             if set {
                 keys.push(key);
             }
         }
         keys
+    }
+}
+
+/// `basalt.install`: an unattended installation from the live system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Install {
+    /// The disk to write.
+    pub device: InstallTarget,
+    /// Reboot into the installed system when done. Default true.
+    pub reboot: bool,
+}
+
+/// `basalt.install.device`: a whole disk by its path, or `auto`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub enum InstallTarget {
+    /// The only non-removable disk, other than the live medium, that the
+    /// image fits on.
+    Auto,
+    /// A device path under `/dev/`.
+    Device(String),
+}
+
+impl From<InstallTarget> for String {
+    fn from(t: InstallTarget) -> String {
+        t.to_string()
+    }
+}
+
+impl std::fmt::Display for InstallTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InstallTarget::Auto => f.write_str("auto"),
+            InstallTarget::Device(d) => f.write_str(d),
+        }
+    }
+}
+
+impl std::str::FromStr for InstallTarget {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "auto" {
+            return Ok(InstallTarget::Auto);
+        }
+        match s.strip_prefix("/dev/") {
+            Some(rest)
+                if !rest.is_empty()
+                    && !rest
+                        .split('/')
+                        .any(|c| c.is_empty() || c == "." || c == "..")
+                    && !s.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                Ok(InstallTarget::Device(s.to_string()))
+            }
+            _ => Err(format!(
+                "{s:?} is neither `auto` nor a device path such as /dev/sda"
+            )),
+        }
     }
 }
 

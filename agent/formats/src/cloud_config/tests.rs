@@ -655,6 +655,31 @@ fn api_tokens_are_names_and_hashes() {
 }
 
 #[test]
+fn install_names_a_device_or_auto() {
+    let c = ok(&basalt("  install: {device: /dev/vda}\n"));
+    assert_eq!(
+        c.basalt.unwrap().install.unwrap(),
+        Install {
+            device: InstallTarget::Device("/dev/vda".into()),
+            reboot: true,
+        }
+    );
+    let c = ok(&basalt("  install: {device: auto, reboot: false}\n"));
+    let i = c.basalt.unwrap().install.unwrap();
+    assert_eq!(i.device, InstallTarget::Auto);
+    assert!(!i.reboot);
+    for bad in ["vda", "/dev/", "/dev/../etc/passwd", "'/dev/sd a'", "Auto"] {
+        assert_msg(
+            &basalt(&format!("  install: {{device: {bad}}}\n")),
+            "basalt.install.device",
+            "neither `auto` nor a device path",
+        );
+    }
+    let e = err(&basalt("  install: {device: auto, wipe: true}\n"));
+    assert!(e.to_string().contains("wipe"), "{e}");
+}
+
+#[test]
 fn key_lists_match_the_raw_types() {
     let top = serde_json::to_value(CloudConfigFile::default()).unwrap();
     let keys: Vec<&str> = top
