@@ -15,7 +15,7 @@ use basalt_formats::cloud_config::InstallTarget;
 use basalt_formats::record::BuildRecord;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
@@ -334,7 +334,8 @@ pub fn write_and_verify(
     let zeros = vec![0u8; CHUNK];
     while pos < payload.size {
         let want = (payload.size - pos).min(CHUNK as u64) as usize;
-        let got = read_full(&mut dec, &mut buf[..want]).map_err(io_err(&payload.image))?;
+        let got = basalt_formats::bundle::stream::read_full(&mut dec, &mut buf[..want])
+            .map_err(io_err(&payload.image))?;
         if got < want {
             return Err(InstallError::ShortImage {
                 path: payload.image.clone(),
@@ -423,19 +424,6 @@ impl OpenExcl for fs::OpenOptions {
     }
 }
 
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// `BLKZEROOUT`: the device zeroes the range itself (write-zeroes or discard).
 fn zero_out(dev: &File, start: u64, len: u64) -> io::Result<()> {
     const BLKZEROOUT: libc::c_ulong = 0x127F;
@@ -461,7 +449,8 @@ pub fn already_installed(payload: &Payload, device: &Path) -> Result<Option<Stri
     let mut image_head = [0u8; 1024];
     let src = File::open(&payload.image).map_err(io_err(&payload.image))?;
     let mut dec = zstd::Decoder::new(src).map_err(io_err(&payload.image))?;
-    read_full(&mut dec, &mut image_head).map_err(io_err(&payload.image))?;
+    basalt_formats::bundle::stream::read_full(&mut dec, &mut image_head)
+        .map_err(io_err(&payload.image))?;
     let mut disk_head = [0u8; 1024];
     let dev = File::open(device).map_err(io_err(device))?;
     if dev.read_exact_at(&mut disk_head, 0).is_err() {

@@ -232,7 +232,7 @@ pub fn member_header(name: &str, size: u64, mtime: u64) -> [u8; BLOCK as usize] 
 }
 
 /// Reads up to `buf.len()` bytes, fewer only at the end of the stream.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
