@@ -120,6 +120,7 @@ fn write_bundle(dir: &Path, key: &SecretKey, rootfs: &[u8]) -> (PathBuf, PathBuf
             .zip(&compressed)
             .map(|((name, raw), c)| Payload::zstd(*name, raw, c))
             .collect(),
+        base_version: None,
     };
     let bytes = manifest.to_bytes();
     let sigs = Signatures(vec![SignatureEntry::sign(key, &bytes)]);

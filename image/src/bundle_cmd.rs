@@ -6,11 +6,11 @@
 //! Ed25519 (see [`basalt_formats::bundle`]).
 
 use crate::progress::Progress;
-use basalt_formats::bundle::stream::{BundleError, BundleReader, BundleWriter};
+use basalt_formats::bundle::stream::{delta, BundleError, BundleReader, BundleWriter};
 use basalt_formats::bundle::{
-    signature_report, Compression, KeyError, KeyId, Manifest, Payload, PayloadName, PolicyError,
-    PublicKey, SecretKey, Sha256Digest, SignatureEntry, SignatureStatus, Signatures, TrustPolicy,
-    MANIFEST_FORMAT,
+    signature_report, Compression, KeyError, KeyId, Manifest, Payload, PayloadBase, PayloadName,
+    PolicyError, PublicKey, SecretKey, Sha256Digest, SignatureEntry, SignatureStatus, Signatures,
+    TrustPolicy, MANIFEST_FORMAT,
 };
 use basalt_formats::layout::LABEL_ESP;
 use basalt_formats::record::BuildRecord;
@@ -68,6 +68,8 @@ pub enum BundleCmdError {
     },
     #[error("{path}: {source}")]
     Bundle { path: PathBuf, source: BundleError },
+    #[error("--delta-from {path}: {reason}")]
+    Delta { path: PathBuf, reason: String },
     #[error("{path}: key {key_id} has already signed this bundle")]
     AlreadySigned { path: PathBuf, key_id: KeyId },
     #[error(transparent)]
@@ -355,36 +357,54 @@ impl<T: Write> Write for Hashing<T> {
 }
 
 /// Compresses `input` (read from `in_path`) into `out` with zstd, returning
-/// the payload entry.
+/// the payload entry. With a `base`, the payload is a delta against it
+/// ([`delta`]).
 fn compress_payload(
     name: PayloadName,
     input: impl Read,
+    base: Option<&[u8]>,
     in_path: &Path,
     out: &mut File,
     out_path: &Path,
     mut progress: impl FnMut(u64),
 ) -> Result<Payload> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1)
-        .min(8);
     let mut input = Hashing::new(input);
     let w = io_at(out_path);
-    let sink = Hashing::new(BufWriter::new(&mut *out));
-    let mut enc = zstd::stream::Encoder::new(sink, ZSTD_LEVEL).map_err(io_at(out_path))?;
-    enc.multithread(threads)
-        .and_then(|()| enc.include_checksum(true))
-        .map_err(io_at(out_path))?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = input.read(&mut buf).map_err(io_at(in_path))?;
-        if n == 0 {
-            break;
+    let mut sink = Hashing::new(BufWriter::new(&mut *out));
+    if let Some(base) = base {
+        // Read errors come back through the encoder; tell them apart by
+        // whether the sink has taken everything read so far.
+        delta::encode(
+            base,
+            &mut input,
+            &mut sink,
+            delta::DELTA_LEVEL,
+            &mut progress,
+        )
+        .map_err(|e| BundleCmdError::Io {
+            path: in_path.to_path_buf(),
+            source: io::Error::new(e.kind(), format!("delta-compressing {name}: {e}")),
+        })?;
+    } else {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
+            .min(8);
+        let mut enc = zstd::stream::Encoder::new(&mut sink, ZSTD_LEVEL).map_err(io_at(out_path))?;
+        enc.multithread(threads)
+            .and_then(|()| enc.include_checksum(true))
+            .map_err(io_at(out_path))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = input.read(&mut buf).map_err(io_at(in_path))?;
+            if n == 0 {
+                break;
+            }
+            enc.write_all(&buf[..n]).map_err(io_at(out_path))?;
+            progress(n as u64);
         }
-        enc.write_all(&buf[..n]).map_err(io_at(out_path))?;
-        progress(n as u64);
+        enc.finish().map_err(io_at(out_path))?;
     }
-    let mut sink = enc.finish().map_err(io_at(out_path))?;
     sink.flush().map_err(w)?;
     Ok(Payload {
         name,
@@ -393,7 +413,110 @@ fn compress_payload(
         sha256: Sha256Digest::from_hasher(input.hash),
         compressed_size: sink.bytes,
         compressed_sha256: Sha256Digest::from_hasher(sink.hash),
+        base: base.map(|b| PayloadBase {
+            size: b.len() as u64,
+            sha256: Sha256Digest::of(b),
+        }),
     })
+}
+
+/// A built image's version and payloads: slot A's root file system (the
+/// first `rootfs_size` bytes of its partition), kernel and initrd.
+struct ImagePayloads {
+    record: BuildRecord,
+    version: semver::Version,
+    root: PartitionFile,
+    kernel: Vec<u8>,
+    initrd: Vec<u8>,
+}
+
+impl ImagePayloads {
+    fn open(image: &Path) -> Result<ImagePayloads> {
+        let (record_path, record) = read_record(image)?;
+        let version: semver::Version =
+            record
+                .version
+                .parse()
+                .map_err(|source| BundleCmdError::Version {
+                    path: record_path.clone(),
+                    field: "version",
+                    value: record.version.clone(),
+                    source,
+                })?;
+        let root_label = Slot::A.root_label();
+        let mut root = open_partition(image, &root_label)?;
+        if record.rootfs_size == 0 || record.rootfs_size > root.len {
+            return Err(BundleCmdError::RootfsSize {
+                path: record_path,
+                label: root_label,
+                size: record.rootfs_size,
+                room: root.len,
+            });
+        }
+        root.len = record.rootfs_size;
+        let kernel = read_esp_file(image, &format!("basalt/{}/vmlinuz", Slot::A))?;
+        let initrd = read_esp_file(image, &format!("basalt/{}/initrd", Slot::A))?;
+        Ok(ImagePayloads {
+            record,
+            version,
+            root,
+            kernel,
+            initrd,
+        })
+    }
+}
+
+/// The bases of a delta bundle: the older image's payloads, in memory.
+struct Bases {
+    version: semver::Version,
+    rootfs: Vec<u8>,
+    kernel: Vec<u8>,
+    initrd: Vec<u8>,
+}
+
+impl Bases {
+    /// Reads `old`, which must be an older build of the same image for the same board.
+    fn read(old: &Path, new: &ImagePayloads) -> Result<Bases> {
+        let mut o = ImagePayloads::open(old)?;
+        let refuse = |reason: String| BundleCmdError::Delta {
+            path: old.to_path_buf(),
+            reason,
+        };
+        if o.record.name != new.record.name {
+            return Err(refuse(format!(
+                "is image {}, not {}",
+                o.record.name, new.record.name
+            )));
+        }
+        if o.record.board != new.record.board {
+            return Err(refuse(format!(
+                "is for board {}, not {}",
+                o.record.board, new.record.board
+            )));
+        }
+        if o.version.cmp_precedence(&new.version).is_ge() {
+            return Err(refuse(format!(
+                "is version {}, which is not older than {}",
+                o.version, new.version
+            )));
+        }
+        let mut rootfs = Vec::with_capacity(o.root.len as usize);
+        o.root.read_to_end(&mut rootfs).map_err(io_at(old))?;
+        Ok(Bases {
+            version: o.version,
+            rootfs,
+            kernel: o.kernel,
+            initrd: o.initrd,
+        })
+    }
+
+    fn of(&self, name: PayloadName) -> &[u8] {
+        match name {
+            PayloadName::Rootfs => &self.rootfs,
+            PayloadName::Kernel => &self.kernel,
+            PayloadName::Initrd => &self.initrd,
+        }
+    }
 }
 
 // ---------------------------------------------------------------- bundle
@@ -407,8 +530,11 @@ pub struct BundleOptions {
     pub key: PathBuf,
     /// The oldest running version the bundle may replace (default: any, `0.0.0`).
     pub min_version: Option<semver::Version>,
-    /// Where to write the bundle (default: `<stem>.basalt` beside the image).
+    /// Where to write the bundle (default: `<stem>.basalt` beside the
+    /// image, `<stem>.from-<old version>.basalt` for a delta).
     pub out: Option<PathBuf>,
+    /// Make a delta bundle against this older built image.
+    pub delta_from: Option<PathBuf>,
     /// The manifest's `created` (UNIX seconds).
     pub created: u64,
 }
@@ -430,41 +556,32 @@ pub fn default_bundle_path(image: &Path) -> PathBuf {
 /// Makes a signed bundle from a built image.
 pub fn bundle(opts: &BundleOptions) -> Result<BundleOutcome> {
     let secret = read_secret_key(&opts.key)?;
-    let (record_path, record) = read_record(&opts.image)?;
-    let version: semver::Version =
-        record
-            .version
-            .parse()
-            .map_err(|source| BundleCmdError::Version {
-                path: record_path.clone(),
-                field: "version",
-                value: record.version.clone(),
-                source,
-            })?;
-    let out = opts
-        .out
-        .clone()
-        .unwrap_or_else(|| default_bundle_path(&opts.image));
+    let image = ImagePayloads::open(&opts.image)?;
+    let bases = match &opts.delta_from {
+        Some(old) => Some(Bases::read(old, &image)?),
+        None => None,
+    };
+    let out = opts.out.clone().unwrap_or_else(|| match &bases {
+        Some(b) => default_bundle_path(&opts.image).with_extension(format!(
+            "from-{}.{}",
+            b.version,
+            basalt_formats::bundle::EXTENSION
+        )),
+        None => default_bundle_path(&opts.image),
+    });
     let out_dir = match out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
 
     let mut progress = Progress::new(PayloadName::ALL.len() + 1);
-    let root_label = Slot::A.root_label();
-    let mut root = open_partition(&opts.image, &root_label)?;
-    if record.rootfs_size == 0 || record.rootfs_size > root.len {
-        return Err(BundleCmdError::RootfsSize {
-            path: record_path,
-            label: root_label,
-            size: record.rootfs_size,
-            room: root.len,
-        });
-    }
-    root.len = record.rootfs_size;
-    let kernel = read_esp_file(&opts.image, &format!("basalt/{}/vmlinuz", Slot::A))?;
-    let initrd = read_esp_file(&opts.image, &format!("basalt/{}/initrd", Slot::A))?;
-
+    let ImagePayloads {
+        record,
+        version,
+        root,
+        kernel,
+        initrd,
+    } = image;
     let mut payloads = Vec::new();
     let mut files = Vec::new();
     let (kernel_len, initrd_len) = (kernel.len() as u64, initrd.len() as u64);
@@ -482,14 +599,20 @@ pub fn bundle(opts: &BundleOptions) -> Result<BundleOutcome> {
         ),
     ];
     for (name, input, size) in inputs {
-        let step = progress.step(&format!("compressing {name}"));
+        let base = bases.as_ref().map(|b| b.of(name));
+        let step = progress.step(&match &bases {
+            Some(b) => format!("delta-compressing {name} against {}", b.version),
+            None => format!("compressing {name}"),
+        });
         step.bytes(size);
         let mut tmp = tempfile::tempfile_in(&out_dir).map_err(io_at(&out_dir))?;
-        let payload = compress_payload(name, input, &opts.image, &mut tmp, &out, |n| step.inc(n))?;
+        let payload = compress_payload(name, input, base, &opts.image, &mut tmp, &out, |n| {
+            step.inc(n)
+        })?;
         step.done(&format!(
-            "{} MiB → {} MiB",
+            "{} MiB → {} KiB",
             payload.size.div_ceil(1 << 20),
-            payload.compressed_size.div_ceil(1 << 20)
+            payload.compressed_size.div_ceil(1 << 10)
         ));
         payloads.push(payload);
         files.push(tmp);
@@ -507,6 +630,7 @@ pub fn bundle(opts: &BundleOptions) -> Result<BundleOutcome> {
         created: opts.created,
         rootfs_type: record.rootfs_type,
         payloads,
+        base_version: bases.map(|b| b.version),
     };
     let manifest_bytes = manifest.to_bytes();
     // Refuses a floor above the version, an invalid name and the like.
@@ -711,6 +835,12 @@ impl InspectReport {
         line("name", m.name.clone());
         line("version", m.version.to_string());
         line("replaces", format!("{} or newer", m.min_version));
+        if let Some(base) = &m.base_version {
+            line(
+                "delta",
+                format!("from {base}: only a device running {base} can install it"),
+            );
+        }
         line(
             "boards",
             m.boards
@@ -732,9 +862,21 @@ impl InspectReport {
                 None => "",
             };
             s.push_str(&format!(
-                "  {:<8}{:>14} bytes  sha256 {}\n  {:<8}{:>14} bytes  sha256 {} (zstd){check}\n",
-                p.name, p.size, p.sha256, "", p.compressed_size, p.compressed_sha256
+                "  {:<8}{:>14} bytes  sha256 {}\n  {:<8}{:>14} bytes  sha256 {} (zstd{}){check}\n",
+                p.name,
+                p.size,
+                p.sha256,
+                "",
+                p.compressed_size,
+                p.compressed_sha256,
+                if p.base.is_some() { " delta" } else { "" }
             ));
+            if let Some(b) = &p.base {
+                s.push_str(&format!(
+                    "  {:<8}{:>14} bytes  sha256 {} (base)\n",
+                    "", b.size, b.sha256
+                ));
+            }
         }
         s.push_str("signatures\n");
         if self.signatures.is_empty() {
@@ -822,7 +964,12 @@ pub fn inspect(opts: &InspectOptions) -> Result<InspectReport> {
                 continue;
             }
             let step = progress.step(&format!("checking {}", p.name));
-            step.bytes(p.size);
+            // A delta payload is checked as stored: its base is on the device.
+            step.bytes(if p.base.is_some() {
+                p.compressed_size
+            } else {
+                p.size
+            });
             let result = check_next_payload(&mut payloads, |n| step.inc(n));
             match result {
                 Ok(()) => {
@@ -865,8 +1012,16 @@ fn check_next_payload<R: Read>(
     payloads: &mut basalt_formats::bundle::stream::Payloads<R>,
     mut progress: impl FnMut(u64),
 ) -> std::result::Result<(), BundleError> {
-    let Some(mut p) = payloads.next_payload()? else {
-        return Ok(());
+    let mut p: Box<dyn Read + '_> = if payloads.peek().is_some_and(|p| p.base.is_some()) {
+        match payloads.next_compressed()? {
+            Some(p) => Box::new(p),
+            None => return Ok(()),
+        }
+    } else {
+        match payloads.next_payload()? {
+            Some(p) => Box::new(p),
+            None => return Ok(()),
+        }
     };
     let mut buf = vec![0u8; 1 << 20];
     loop {

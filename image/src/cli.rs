@@ -217,8 +217,13 @@ enum BundleCommand {
     ///
     /// Takes slot A's root file system image, kernel and initrd from the
     /// image, compresses each with zstd and signs the manifest.
+    ///
+    /// With --delta-from, each payload is compressed against the same
+    /// payload of an older built image: a device running that version
+    /// rebuilds the new slot from its running one and a download of a few
+    /// MiB, checked against the full slot's SHA-256 like a full bundle.
     #[command(
-        after_help = "Examples:\n  basalt bundle out/basalt-appliance-1.2.0-x86_64-uefi.img --key keys/release.key\n  basalt bundle out/basalt-appliance-1.2.0-x86_64-uefi.img --key keys/release.key --min-version 1.0.0 --out update.basalt --json"
+        after_help = "Examples:\n  basalt bundle out/basalt-appliance-1.2.0-x86_64-uefi.img --key keys/release.key\n  basalt bundle out/basalt-appliance-1.2.0-x86_64-uefi.img --key keys/release.key --min-version 1.0.0 --out update.basalt --json\n  basalt bundle new/basalt-appliance-1.2.1-x86_64-uefi.img --key keys/release.key --delta-from old/basalt-appliance-1.2.0-x86_64-uefi.img"
     )]
     Bundle {
         /// The .img made by `basalt build` (its .json build record must be beside it).
@@ -229,9 +234,14 @@ enum BundleCommand {
         /// The oldest running version this bundle may replace (default: any).
         #[arg(long, value_name = "VERSION")]
         min_version: Option<semver::Version>,
-        /// Bundle to write (default: <stem>.basalt beside the image).
+        /// Bundle to write (default: <stem>.basalt beside the image, or
+        /// <stem>.from-<old version>.basalt with --delta-from).
         #[arg(long, value_name = "FILE.basalt")]
         out: Option<PathBuf>,
+        /// Make a delta bundle against this older image (its .json build
+        /// record beside it), for devices running its version.
+        #[arg(long, value_name = "OLD.img")]
+        delta_from: Option<PathBuf>,
         /// Print the manifest as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -585,6 +595,7 @@ fn run_bundle_command(command: BundleCommand) -> Result<()> {
             key,
             min_version,
             out,
+            delta_from,
             json,
         } => {
             let b = bundle_cmd::bundle(&bundle_cmd::BundleOptions {
@@ -592,13 +603,20 @@ fn run_bundle_command(command: BundleCommand) -> Result<()> {
                 key,
                 min_version,
                 out,
+                delta_from,
                 created: bundle_cmd::created_now(),
             })?;
             if json {
                 print_json(&b)?;
             } else {
+                let delta = b
+                    .manifest
+                    .base_version
+                    .as_ref()
+                    .map(|v| format!(" (delta from {v})"))
+                    .unwrap_or_default();
                 println!(
-                    "{}  {} {} signed by {}",
+                    "{}  {} {}{delta} signed by {}",
                     b.bundle.display(),
                     b.manifest.name,
                     b.manifest.version,

@@ -44,6 +44,11 @@ struct Image {
 /// A GPT image with a FAT ESP (slot A's kernel and initrd, a different slot
 /// B), a fake root file system image in both root slots, and its build record.
 fn make_image(dir: &Path) -> Image {
+    make_image_at(dir, "1.2.0", |_| {})
+}
+
+/// [`make_image`] at `version`, its root file system edited by `edit`.
+fn make_image_at(dir: &Path, version: &str, edit: impl FnOnce(&mut Vec<u8>)) -> Image {
     let sizes = Sizes {
         esp: ByteSize::mib(4),
         slot: ByteSize::mib(2),
@@ -51,13 +56,14 @@ fn make_image(dir: &Path) -> Image {
     };
     let mut rootfs = b"hsqs".to_vec();
     rootfs.extend(noise(1, 700_001));
+    edit(&mut rootfs);
     let kernel = noise(2, 150_000);
     let initrd = noise(3, 90_000);
     let slots: Vec<esp::SlotBoot> = Slot::ALL
         .into_iter()
         .map(|slot| esp::SlotBoot {
             slot,
-            version: "1.2.0".into(),
+            version: version.into(),
             title: format!("test (slot {slot})"),
             kernel: if slot == Slot::A {
                 kernel.clone()
@@ -87,7 +93,7 @@ fn make_image(dir: &Path) -> Image {
     std::fs::write(&root_img, &rootfs).unwrap();
 
     let layout = DiskLayout::uefi(Arch::Amd64, &sizes);
-    let stem = "test-1.2.0-x86_64-uefi";
+    let stem = format!("test-{version}-x86_64-uefi");
     let img = dir.join(format!("{stem}.img"));
     let guids: Vec<Uuid> = (1..=4u128).map(Uuid::from_u128).collect();
     let mut f = disk::create(&img, &layout, Uuid::from_u128(9), &guids).unwrap();
@@ -98,7 +104,7 @@ fn make_image(dir: &Path) -> Image {
     drop(f);
     let record = BuildRecord {
         name: "test".into(),
-        version: "1.2.0".into(),
+        version: version.into(),
         board: BoardId::X86_64Uefi,
         arch: Arch::Amd64,
         suite: "bookworm".into(),
@@ -137,6 +143,7 @@ fn make_bundle(image: &Image, key: &Path) -> PathBuf {
         key: key.to_path_buf(),
         min_version: Some("1.0.0".parse().unwrap()),
         out: None,
+        delta_from: None,
         created: EPOCH,
     })
     .unwrap()
@@ -201,6 +208,131 @@ fn bundle_carries_slot_a_and_verifies_on_the_device_side() {
     bundle_cmd::require_ok(&report).unwrap();
     let text = report.render();
     assert!(text.contains("policy      met: 1 of 1"), "{text}");
+}
+
+#[test]
+fn delta_bundle_rebuilds_the_new_payloads_from_the_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_dir, new_dir) = (dir.path().join("old"), dir.path().join("new"));
+    std::fs::create_dir_all(&old_dir).unwrap();
+    std::fs::create_dir_all(&new_dir).unwrap();
+    let old = make_image_at(&old_dir, "1.1.0", |_| {});
+    // A "package" inserted in the middle, and a byte changed near the end.
+    let new = make_image_at(&new_dir, "1.2.0", |r| {
+        let at = r.len() / 2;
+        r.splice(at..at, noise(9, 20_000));
+        let last = r.len() - 10;
+        r[last] ^= 1;
+    });
+    let (secret, public) = key(dir.path(), "release");
+    let full = make_bundle(&new, &secret);
+    let opts = |delta_from: &Path| BundleOptions {
+        image: new.img.clone(),
+        key: secret.clone(),
+        min_version: None,
+        out: None,
+        delta_from: Some(delta_from.to_path_buf()),
+        created: EPOCH,
+    };
+    let outcome = bundle_cmd::bundle(&opts(&old.img)).unwrap();
+    assert_eq!(
+        outcome.bundle,
+        new_dir.join("test-1.2.0-x86_64-uefi.from-1.1.0.basalt")
+    );
+    let m = &outcome.manifest;
+    assert_eq!(m.base_version, Some("1.1.0".parse().unwrap()));
+    // The full payloads' sizes and digests, so the device checks the result
+    // exactly as it checks a full download.
+    let full_manifest = BundleReader::new(std::fs::File::open(&full).unwrap())
+        .unwrap()
+        .without_verification()
+        .unwrap()
+        .manifest()
+        .clone();
+    for (d, f) in m.payloads.iter().zip(&full_manifest.payloads) {
+        assert_eq!((d.name, d.size, d.sha256), (f.name, f.size, f.sha256));
+        assert!(d.base.is_some());
+    }
+    let rootfs = m.payload(PayloadName::Rootfs).unwrap();
+    let base = rootfs.base.unwrap();
+    assert_eq!(base.size, old.rootfs.len() as u64);
+    assert_eq!(
+        base.sha256,
+        basalt_formats::bundle::Sha256Digest::of(&old.rootfs)
+    );
+    // The 20 kB of new noise is most of the delta; the 700 kB the old slot
+    // holds cost next to nothing.
+    let full_rootfs = full_manifest.payload(PayloadName::Rootfs).unwrap();
+    assert!(
+        rootfs.compressed_size < 40_000
+            && rootfs.compressed_size * 10 < full_rootfs.compressed_size,
+        "delta {} bytes, full {}",
+        rootfs.compressed_size,
+        full_rootfs.compressed_size
+    );
+
+    // The device's side: the bases are what it runs.
+    let policy = TrustPolicy::new(vec![public], 1).unwrap();
+    let mut payloads = BundleReader::new(std::fs::File::open(&outcome.bundle).unwrap())
+        .unwrap()
+        .verify(&policy)
+        .unwrap();
+    let e = payloads.next_payload().map(|_| ()).unwrap_err();
+    assert!(e.to_string().contains("payload rootfs is a delta"), "{e}");
+    let bases = [&old.rootfs, &old.kernel, &old.initrd];
+    let wanted = [&new.rootfs, &new.kernel, &new.initrd];
+    for (base, want) in bases.into_iter().zip(wanted) {
+        let base: basalt_formats::bundle::stream::Base = std::sync::Arc::new(base.clone());
+        let mut p = payloads.next_payload_from(Some(base)).unwrap().unwrap();
+        let mut got = Vec::new();
+        p.read_to_end(&mut got).unwrap();
+        assert!(got == *want, "payload {}", p.payload().name);
+    }
+    payloads.finish().unwrap();
+
+    // Against a wrong base the payload's digest fails: never a wrong slot.
+    let mut payloads = BundleReader::new(std::fs::File::open(&outcome.bundle).unwrap())
+        .unwrap()
+        .verify(&policy)
+        .unwrap();
+    let mut wrong = old.rootfs.clone();
+    wrong[100] ^= 0xff;
+    let mut p = payloads
+        .next_payload_from(Some(std::sync::Arc::new(wrong)))
+        .unwrap()
+        .unwrap();
+    let e = std::io::copy(&mut p, &mut std::io::sink()).unwrap_err();
+    assert!(e.to_string().contains("payload rootfs"), "{e}");
+
+    // inspect checks a delta's payloads as stored and says what it needs.
+    let report = inspect(&outcome.bundle, &[public], 1);
+    assert!(report.problems().is_empty(), "{:?}", report.problems());
+    let text = report.render();
+    assert!(text.contains("delta       from 1.1.0"), "{text}");
+    assert!(text.contains("(zstd delta)  ok"), "{text}");
+    assert!(
+        text.contains(&format!("sha256 {} (base)", base.sha256)),
+        "{text}"
+    );
+
+    // Bases that cannot be: the same version, another image.
+    let e = bundle_cmd::bundle(&opts(&new.img)).unwrap_err().to_string();
+    assert!(
+        e.contains("is version 1.2.0, which is not older than 1.2.0"),
+        "{e}"
+    );
+    let record = old_dir.join("test-1.1.0-x86_64-uefi.json");
+    let text = std::fs::read_to_string(&record).unwrap();
+    std::fs::write(
+        &record,
+        text.replace("\"name\": \"test\"", "\"name\": \"other\""),
+    )
+    .unwrap();
+    let e = bundle_cmd::bundle(&opts(&old.img)).unwrap_err().to_string();
+    assert!(
+        e.starts_with("--delta-from ") && e.contains("is image other, not test"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -215,6 +215,7 @@ pub(crate) fn bundle(
             .zip(&compressed)
             .map(|((name, raw), c)| Payload::zstd(*name, raw, c))
             .collect(),
+        base_version: None,
     };
     let bytes = manifest.to_bytes();
     let sigs = Signatures(vec![SignatureEntry::sign(key, &bytes)]);

@@ -44,6 +44,18 @@ pub enum Reason {
         running: Version,
         min_version: Version,
     },
+    /// A delta bundle made from another version than the running one.
+    #[error(
+        "the bundle is a delta from {base}, this device runs {running}; install the full bundle"
+    )]
+    WrongBase { running: Version, base: Version },
+}
+
+impl Reason {
+    /// Whether the full bundle of the same version could still be taken.
+    pub fn full_bundle_may_do(&self) -> bool {
+        matches!(self, Reason::WrongBase { .. })
+    }
 }
 
 fn boards_list(boards: &[BoardId]) -> String {
@@ -100,6 +112,14 @@ pub fn check(manifest: &Manifest, running: &Release) -> Decision {
             min_version: manifest.min_version.clone(),
         });
     }
+    if let Some(base) = &manifest.base_version {
+        if base.cmp_precedence(current).is_ne() {
+            return Decision::Refuse(Reason::WrongBase {
+                running: current.clone(),
+                base: base.clone(),
+            });
+        }
+    }
     Decision::Update {
         from: current.clone(),
         to: offered.clone(),
@@ -141,6 +161,33 @@ mod tests {
                 running: "basalt-appliance".into()
             })
         );
+    }
+
+    #[test]
+    fn a_delta_needs_its_base_version() {
+        let mut m = manifest("1.2.0", "0.0.0", &[X86]);
+        m.base_version = Some(v("1.1.0"));
+        assert_eq!(
+            check(&m, &release("1.1.0", X86)),
+            Decision::Update {
+                from: v("1.1.0"),
+                to: v("1.2.0")
+            }
+        );
+        let refused = check(&m, &release("1.0.0", X86));
+        let Decision::Refuse(reason) = refused else {
+            panic!("{refused:?}")
+        };
+        assert!(reason.full_bundle_may_do());
+        assert_eq!(
+            reason.to_string(),
+            "the bundle is a delta from 1.1.0, this device runs 1.0.0; install the full bundle"
+        );
+        // Other refusals come first: a delta is no way around a downgrade.
+        assert!(matches!(
+            check(&m, &release("1.3.0", X86)),
+            Decision::Refuse(Reason::Downgrade { .. })
+        ));
     }
 
     #[test]

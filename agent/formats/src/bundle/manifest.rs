@@ -15,6 +15,12 @@
 //!   ]
 //! }
 //! ```
+//!
+//! A delta bundle (`basalt bundle --delta-from OLD`) adds `"base_version"`,
+//! the release it was made from, and to each payload a `"base": {"size",
+//! "sha256"}` naming the bytes of that release its frames reach back into.
+//! `size` and `sha256` stay those of the full payload, so the device checks
+//! what it rebuilt exactly as it checks a full download.
 
 use super::digest::Sha256Digest;
 use crate::board::BoardId;
@@ -93,6 +99,22 @@ pub struct Payload {
     pub compressed_size: u64,
     /// SHA-256 of the member's bytes.
     pub compressed_sha256: Sha256Digest,
+    /// Set on a delta payload: the bytes its frames reach back into, which
+    /// the device must already hold (see [`super::stream::delta`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<PayloadBase>,
+}
+
+/// The base of a delta payload: the same payload of the release the delta
+/// was made from (the first `size` bytes of the running root slot, the
+/// running kernel or initrd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadBase {
+    /// Bytes of the base.
+    pub size: u64,
+    /// SHA-256 of those bytes.
+    pub sha256: Sha256Digest,
 }
 
 impl Payload {
@@ -105,6 +127,7 @@ impl Payload {
             sha256: Sha256Digest::of(raw),
             compressed_size: compressed.len() as u64,
             compressed_sha256: Sha256Digest::of(compressed),
+            base: None,
         }
     }
 }
@@ -130,6 +153,10 @@ pub struct Manifest {
     pub rootfs_type: RootfsType,
     /// The payloads, in the order their members follow in the bundle.
     pub payloads: Vec<Payload>,
+    /// Set on a delta bundle: the version whose payloads are the bases of
+    /// this one's. Only a device running that version can install it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_version: Option<semver::Version>,
 }
 
 /// A manifest that does not parse or breaks a rule. Each variant names the field.
@@ -217,12 +244,57 @@ impl Manifest {
         if !self.payloads.iter().any(|p| p.name == PayloadName::Rootfs) {
             return Err(invalid("payloads".into(), "no rootfs payload".into()));
         }
+        for (i, p) in self.payloads.iter().enumerate() {
+            match (&self.base_version, &p.base) {
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        format!("payloads[{i}].base"),
+                        format!(
+                            "payload {} is a delta, but the manifest has no base_version",
+                            p.name
+                        ),
+                    ))
+                }
+                (_, Some(base)) if base.size > MAX_PAYLOAD_SIZE => {
+                    return Err(invalid(
+                        format!("payloads[{i}].base.size"),
+                        format!(
+                            "payload {}: {} bytes is over the limit of 64 GiB",
+                            p.name, base.size
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if let Some(base) = &self.base_version {
+            if !self.payloads.iter().any(|p| p.base.is_some()) {
+                return Err(invalid(
+                    "base_version".into(),
+                    "set, but no payload is a delta".into(),
+                ));
+            }
+            if base.cmp_precedence(&self.version).is_ge() {
+                return Err(invalid(
+                    "base_version".into(),
+                    format!(
+                        "{base} is not below the bundle's own version {}",
+                        self.version
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
     /// The payload called `name`.
     pub fn payload(&self, name: PayloadName) -> Option<&Payload> {
         self.payloads.iter().find(|p| p.name == name)
+    }
+
+    /// Whether the payloads are deltas against `base_version`'s.
+    pub fn is_delta(&self) -> bool {
+        self.base_version.is_some()
     }
 
     /// The bytes the builder writes and signs: pretty JSON and a newline.
@@ -245,6 +317,7 @@ pub(crate) mod tests {
             sha256: Sha256Digest([1; 32]),
             compressed_size: size / 2,
             compressed_sha256: Sha256Digest([2; 32]),
+            base: None,
         }
     }
 
@@ -262,6 +335,7 @@ pub(crate) mod tests {
                 payload(PayloadName::Kernel, 10 << 20),
                 payload(PayloadName::Initrd, 20 << 20),
             ],
+            base_version: None,
         }
     }
 
@@ -366,6 +440,27 @@ pub(crate) mod tests {
                 "is not 64 hex digits",
             ),
             (
+                "base without base_version",
+                |v| {
+                    v["payloads"][0]["base"] =
+                        serde_json::json!({"size": 5, "sha256": "01".repeat(32)})
+                },
+                "payloads[0].base: payload rootfs is a delta, but the manifest has no base_version",
+            ),
+            (
+                "base_version without a delta",
+                |v| v["base_version"] = "1.1.0".into(),
+                "base_version: set, but no payload is a delta",
+            ),
+            (
+                "unknown base field",
+                |v| {
+                    v["payloads"][0]["base"] =
+                        serde_json::json!({"size": 5, "sha256": "01".repeat(32), "url": "x"})
+                },
+                "unknown field `url`",
+            ),
+            (
                 "negative size",
                 |v| v["payloads"][0]["size"] = (-1).into(),
                 "expected u64",
@@ -379,6 +474,50 @@ pub(crate) mod tests {
             assert!(e.starts_with("manifest.json: "), "{what}: {e}");
             assert!(e.contains(expect), "{what}: {e:?} lacks {expect:?}");
         }
+    }
+
+    fn delta() -> Manifest {
+        let mut m = good();
+        m.base_version = Some("1.1.0".parse().unwrap());
+        m.payloads[0].base = Some(PayloadBase {
+            size: 1 << 29,
+            sha256: Sha256Digest([3; 32]),
+        });
+        m
+    }
+
+    #[test]
+    fn delta_round_trip() {
+        let m = delta();
+        assert!(m.is_delta() && !good().is_delta());
+        let bytes = m.to_bytes();
+        assert_eq!(Manifest::parse(&bytes).unwrap(), m);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("\"base_version\": \"1.1.0\""), "{text}");
+        // A full bundle's manifest does not mention bases at all.
+        assert!(!String::from_utf8(good().to_bytes())
+            .unwrap()
+            .contains("base"));
+    }
+
+    #[test]
+    fn delta_rules() {
+        for (base, expect) in [
+            (
+                "1.2.0",
+                "base_version: 1.2.0 is not below the bundle's own version 1.2.0",
+            ),
+            ("2.0.0", "base_version: 2.0.0 is not below"),
+        ] {
+            let mut m = delta();
+            m.base_version = Some(base.parse().unwrap());
+            let e = m.validate().unwrap_err().to_string();
+            assert!(e.contains(expect), "{e}");
+        }
+        let mut m = delta();
+        m.payloads[0].base.as_mut().unwrap().size = MAX_PAYLOAD_SIZE + 1;
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("payloads[0].base.size"), "{e}");
     }
 
     #[test]

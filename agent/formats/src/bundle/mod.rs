@@ -30,7 +30,8 @@ pub use decision::{check, Decision, Reason};
 pub use digest::{HexError, Sha256Digest};
 pub use keys::{KeyError, KeyId, PublicKey, SecretKey, Signature};
 pub use manifest::{
-    Compression, Manifest, ManifestError, Payload, PayloadName, MANIFEST_FORMAT, MAX_PAYLOAD_SIZE,
+    Compression, Manifest, ManifestError, Payload, PayloadBase, PayloadName, MANIFEST_FORMAT,
+    MAX_PAYLOAD_SIZE,
 };
 pub use trust::{
     signature_report, verify, PolicyError, SignatureEntry, SignatureReport, SignatureStatus,

@@ -36,8 +36,13 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use std::io::{self, BufReader, Read};
 
+pub mod delta;
 mod writer;
 pub use writer::BundleWriter;
+
+/// The bytes a delta payload is decoded against, shared with the decoder
+/// (a memory map of the running slot, or a file read into memory).
+pub type Base = std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>;
 
 /// Size of a tar block.
 pub const BLOCK: u64 = 512;
@@ -163,6 +168,9 @@ pub enum BundleError {
     /// The writer was finished before every payload was written.
     #[error("payload {0} was not written")]
     MissingPayload(PayloadName),
+    /// A delta payload was asked for without the base it is decoded against.
+    #[error("payload {0} is a delta: it can only be decoded against the release it was made from")]
+    NeedsBase(PayloadName),
     /// A call after an earlier error.
     #[error("the bundle stream stopped at an earlier error")]
     Stopped,
@@ -430,9 +438,31 @@ impl<R: Read> Read for Member<R> {
 
 type ZstdDecoder<R> = zstd::stream::read::Decoder<'static, BufReader<Member<R>>>;
 
+/// zstd over a payload's member: one stream, or delta frames against a base.
+enum Decoder<R> {
+    Full(ZstdDecoder<R>),
+    Delta(delta::DeltaDecoder<Member<R>>),
+}
+
+impl<R: Read> Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Full(d) => d.read(buf),
+            Decoder::Delta(d) => d.read(buf),
+        }
+    }
+
+    fn into_member(self) -> Member<R> {
+        match self {
+            Decoder::Full(d) => d.finish().into_inner(),
+            Decoder::Delta(d) => d.into_inner(),
+        }
+    }
+}
+
 /// A payload being read through zstd.
 struct Decoding<R> {
-    decoder: ZstdDecoder<R>,
+    decoder: Decoder<R>,
     written: u64,
     hash: Sha256,
 }
@@ -484,13 +514,42 @@ impl<R: Read> Payloads<R> {
 
     /// The next payload as its uncompressed bytes, or `None` after the last.
     /// An unfinished previous payload is read to its end and checked first.
+    /// A delta payload needs its base: see [`Payloads::next_payload_from`].
     pub fn next_payload(&mut self) -> Result<Option<PayloadReader<'_, R>>, BundleError> {
+        self.next_payload_from(None)
+    }
+
+    /// The payload that [`Payloads::next_payload`] would read next.
+    pub fn peek(&self) -> Option<&Payload> {
+        self.manifest.payloads.get(self.current)
+    }
+
+    /// Like [`Payloads::next_payload`], decoding a delta payload against
+    /// `base`, which must be the bytes its manifest entry names (a wrong base
+    /// is found by the frame checksums or the payload's SHA-256). `base` is
+    /// ignored for a full payload.
+    pub fn next_payload_from(
+        &mut self,
+        base: Option<Base>,
+    ) -> Result<Option<PayloadReader<'_, R>>, BundleError> {
+        let delta = self.peek().is_some_and(|p| p.base.is_some());
+        if delta && base.is_none() {
+            let name = self.peek().expect("checked").name;
+            return Err(BundleError::NeedsBase(name));
+        }
         let Some(member) = self.open_next()? else {
             return Ok(None);
         };
-        let decoder =
-            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(128 << 10, member))
-                .map_err(|e| self.payload_failed(PayloadProblem::Zstd(e.to_string())))?;
+        let decoder = match base {
+            Some(base) if delta => Decoder::Delta(delta::DeltaDecoder::new(member, base)),
+            _ => Decoder::Full(
+                zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
+                    128 << 10,
+                    member,
+                ))
+                .map_err(|e| self.payload_failed(PayloadProblem::Zstd(e.to_string())))?,
+            ),
+        };
         self.state = State::Decoding(Box::new(Decoding {
             decoder,
             written: 0,
@@ -520,8 +579,20 @@ impl<R: Read> Payloads<R> {
 
     /// Reads and checks what is left (unread payloads too), then the
     /// end-of-archive marker. Returns the underlying reader.
+    /// Delta payloads left unread are checked as stored (their size and
+    /// compressed SHA-256), having no base here to decode against.
     pub fn finish(mut self) -> Result<R, BundleError> {
-        while self.next_payload()?.is_some() {}
+        loop {
+            let more = if self.peek().is_some_and(|p| p.base.is_some()) {
+                self.next_compressed()?.is_some()
+            } else {
+                self.next_payload()?.is_some()
+            };
+            if !more {
+                break;
+            }
+        }
+        self.drain()?;
         let State::Between(mut inner) = std::mem::replace(&mut self.state, State::Stopped) else {
             return Err(BundleError::Stopped);
         };
@@ -641,7 +712,7 @@ impl<R: Read> Payloads<R> {
                     written,
                     hash,
                 } = *d;
-                let inner = self.end_member(decoder.finish().into_inner())?;
+                let inner = self.end_member(decoder.into_member())?;
                 if written != expected {
                     return Err(self.payload_failed(PayloadProblem::Size {
                         form: Form::Uncompressed,
@@ -674,7 +745,7 @@ impl<R: Read> Payloads<R> {
                 let State::Decoding(d) = std::mem::replace(&mut self.state, State::Stopped) else {
                     unreachable!("matched above")
                 };
-                let mut member = d.decoder.finish().into_inner();
+                let mut member = d.decoder.into_member();
                 if member.failed {
                     return Err(read_err(e));
                 }

@@ -48,6 +48,7 @@ fn build_with(
             .zip(&compressed)
             .map(|((name, d), c)| Payload::zstd(*name, d, c))
             .collect(),
+        base_version: None,
     };
     edit(&mut manifest);
     let manifest_bytes = manifest.to_bytes();
