@@ -123,6 +123,11 @@ impl Esp {
         Ok(n)
     }
 
+    /// `basalt/<slot>/<file>`: a slot's kernel (`vmlinuz`) or `initrd`.
+    pub fn slot_file(&self, slot: Slot, file: &str) -> PathBuf {
+        self.root.join("basalt").join(slot.letter()).join(file)
+    }
+
     /// Whether `basalt/<slot>/<file>.new` exists.
     pub fn has_new(&self, slot: Slot, file: &str) -> bool {
         self.root

@@ -35,7 +35,7 @@ pub mod state;
 pub mod tryboot;
 
 use basalt_formats::boot::{BootInfo, BOOT_INFO_PATH};
-use basalt_formats::bundle::stream::{BundleError, BundleReader};
+use basalt_formats::bundle::stream::{Base, BundleError, BundleReader};
 use basalt_formats::bundle::{
     check, Decision, Manifest, PayloadName, PublicKey, Reason, Sha256Digest, TrustPolicy,
 };
@@ -89,6 +89,15 @@ pub enum UpdateError {
     },
     #[error("no partition for slot {0} on the boot disk")]
     NoSlotDevice(Slot),
+    #[error("the bundle is a delta from {base_version}: its {payload} payload is made against {expected_size} bytes with SHA-256 {expected}, but {what} holds {found}; install the full bundle")]
+    WrongBase {
+        base_version: String,
+        payload: PayloadName,
+        what: String,
+        expected_size: u64,
+        expected: Sha256Digest,
+        found: String,
+    },
     #[error("{0}")]
     Unsupported(String),
     #[error("tryboot: {0}")]
@@ -96,6 +105,16 @@ pub enum UpdateError {
 }
 
 impl UpdateError {
+    /// Whether this is a delta bundle for another base, which the full
+    /// bundle of the same version may replace.
+    pub fn full_bundle_may_do(&self) -> bool {
+        match self {
+            UpdateError::Refused(r) => r.full_bundle_may_do(),
+            UpdateError::WrongBase { .. } => true,
+            _ => false,
+        }
+    }
+
     pub fn disposition(&self) -> Disposition {
         match self {
             UpdateError::Bundle(e) if e.is_retryable() => Disposition::Retry,
@@ -220,6 +239,9 @@ pub struct CheckReport {
     pub decision: String,
     pub install: bool,
     pub target_slot: Slot,
+    /// A delta bundle's base version (checked against the running slot's bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_from: Option<String>,
 }
 
 fn decide(manifest: &Manifest, device: &Device) -> Result<CheckReport, UpdateError> {
@@ -227,19 +249,103 @@ fn decide(manifest: &Manifest, device: &Device) -> Result<CheckReport, UpdateErr
         Decision::Update { from, to } => Ok(CheckReport {
             bundle_version: to.to_string(),
             running_version: from.to_string(),
-            decision: format!("update {from} -> {to} into slot {}", device.target()),
+            decision: format!(
+                "update {from} -> {to} into slot {}{}",
+                device.target(),
+                match &manifest.base_version {
+                    Some(base) => format!(" (delta from {base}, its bases match this device)"),
+                    None => String::new(),
+                }
+            ),
             install: true,
             target_slot: device.target(),
+            delta_from: manifest.base_version.as_ref().map(|v| v.to_string()),
         }),
         Decision::Refuse(r) => Err(UpdateError::Refused(r)),
     }
 }
 
-/// `update check`: verifies the bundle's signatures and decides, writing nothing.
+/// `update check`: verifies the bundle's signatures and decides, writing
+/// nothing. A delta bundle's bases are checked against the running slot.
 pub fn check_bundle(source: impl Read, device: &Device) -> Result<CheckReport, UpdateError> {
     let policy = device.policy.as_ref().ok_or(UpdateError::NoTrust)?;
     let payloads = BundleReader::new(source)?.verify(policy)?;
-    decide(payloads.manifest(), device)
+    let report = decide(payloads.manifest(), device)?;
+    delta_bases(payloads.manifest(), device)?;
+    Ok(report)
+}
+
+/// The bases of a delta bundle's payloads on this device, each checked
+/// against the manifest's size and SHA-256: the running root slot (mapped,
+/// not copied), the running slot's kernel and initrd on the ESP. Empty for
+/// a full bundle.
+pub fn delta_bases(
+    manifest: &Manifest,
+    device: &Device,
+) -> Result<Vec<(PayloadName, Base)>, UpdateError> {
+    let Some(base_version) = &manifest.base_version else {
+        return Ok(Vec::new());
+    };
+    let running = device.boot.slot;
+    let mut bases = Vec::new();
+    for p in &manifest.payloads {
+        let Some(want) = p.base else { continue };
+        let wrong = |what: String, found: String| UpdateError::WrongBase {
+            base_version: base_version.to_string(),
+            payload: p.name,
+            what,
+            expected_size: want.size,
+            expected: want.sha256,
+            found,
+        };
+        let (what, base): (String, Base) = match p.name {
+            PayloadName::Rootfs => {
+                let dev = device.slot_device(running)?;
+                let what = format!("running slot {running} ({})", dev.display());
+                let file = std::fs::File::open(dev).map_err(io_err(dev.display().to_string()))?;
+                let len = (&file)
+                    .seek(SeekFrom::End(0))
+                    .map_err(io_err(dev.display().to_string()))?;
+                if want.size > len || want.size == 0 {
+                    return Err(wrong(what, format!("{len} bytes")));
+                }
+                // SAFETY: the running slot is the mounted read-only root;
+                // nothing on the device writes to its partition, so the
+                // mapped bytes do not change under the decoder.
+                let map = unsafe {
+                    memmap2::MmapOptions::new()
+                        .len(want.size as usize)
+                        .map(&file)
+                }
+                .map_err(io_err(format!("mapping {}", dev.display())))?;
+                (what, std::sync::Arc::new(map))
+            }
+            PayloadName::Kernel | PayloadName::Initrd => {
+                let path = device.esp.slot_file(running, esp_file(p.name));
+                let bytes = std::fs::read(&path).map_err(io_err(path.display().to_string()))?;
+                (path.display().to_string(), std::sync::Arc::new(bytes))
+            }
+        };
+        let bytes = (*base).as_ref();
+        if bytes.len() as u64 != want.size {
+            return Err(wrong(what, format!("{} bytes", bytes.len())));
+        }
+        let found = Sha256Digest::of(bytes);
+        if found != want.sha256 {
+            return Err(wrong(what, format!("SHA-256 {found}")));
+        }
+        bases.push((p.name, base));
+    }
+    info!("delta bundle from {base_version}: every base matches the running slot {running}");
+    Ok(bases)
+}
+
+/// The ESP file of a boot payload.
+fn esp_file(name: PayloadName) -> &'static str {
+    match name {
+        PayloadName::Kernel => "vmlinuz",
+        _ => "initrd",
+    }
 }
 
 /// `update stage`: writes the inactive slot from the bundle. See the module docs.
@@ -252,6 +358,7 @@ pub fn stage(source: impl Read, device: &Device) -> Result<CheckReport, UpdateEr
     let policy = device.policy.as_ref().ok_or(UpdateError::NoTrust)?;
     let mut payloads = BundleReader::new(source)?.verify(policy)?;
     let report = decide(payloads.manifest(), device)?;
+    let mut bases = delta_bases(payloads.manifest(), device)?;
     let manifest = payloads.manifest().clone();
     let target = device.target();
     let version = manifest.version.to_string();
@@ -273,7 +380,14 @@ pub fn stage(source: impl Read, device: &Device) -> Result<CheckReport, UpdateEr
 
     let result = (|| -> Result<(), UpdateError> {
         let dev_path = device.slot_device(target)?.to_path_buf();
-        while let Some(mut p) = payloads.next_payload()? {
+        loop {
+            let base = payloads.peek().and_then(|next| {
+                let i = bases.iter().position(|(name, _)| *name == next.name)?;
+                Some(bases.swap_remove(i).1)
+            });
+            let Some(mut p) = payloads.next_payload_from(base)? else {
+                break;
+            };
             let payload = p.payload().clone();
             match payload.name {
                 PayloadName::Rootfs => {
@@ -328,11 +442,7 @@ pub fn stage(source: impl Read, device: &Device) -> Result<CheckReport, UpdateEr
                     }
                 }
                 PayloadName::Kernel | PayloadName::Initrd => {
-                    let file = if payload.name == PayloadName::Kernel {
-                        "vmlinuz"
-                    } else {
-                        "initrd"
-                    };
+                    let file = esp_file(payload.name);
                     device.esp.write_new(target, file, &mut p).map_err(|e| {
                         if e.kind() == std::io::ErrorKind::InvalidData {
                             BundleError::from_io(e).into()

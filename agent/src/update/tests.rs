@@ -394,3 +394,167 @@ fn a_truncated_download_is_refused_and_the_running_slot_untouched() {
         Err(UpdateError::NotStaged { .. })
     ));
 }
+
+fn noise(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// A delta bundle of `new` payloads made against `bases`, from `base_version`.
+fn delta_bundle(
+    key: &SecretKey,
+    version: &str,
+    base_version: &str,
+    new: &[(PayloadName, Vec<u8>)],
+    bases: &[Vec<u8>],
+) -> Vec<u8> {
+    use basalt_formats::bundle::stream::delta;
+    use basalt_formats::bundle::PayloadBase;
+    let mut payloads = Vec::new();
+    let mut members = Vec::new();
+    for ((name, raw), base) in new.iter().zip(bases) {
+        let mut c = Vec::new();
+        delta::encode(base, &raw[..], &mut c, delta::DELTA_LEVEL, |_| ()).unwrap();
+        let mut p = Payload::zstd(*name, raw, &c);
+        p.base = Some(PayloadBase {
+            size: base.len() as u64,
+            sha256: Sha256Digest::of(base),
+        });
+        payloads.push(p);
+        members.push(c);
+    }
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        name: "demo".into(),
+        version: version.parse().unwrap(),
+        boards: vec![BoardId::X86_64Uefi],
+        min_version: semver::Version::new(0, 0, 0),
+        created: 1,
+        rootfs_type: RootfsType::Squashfs,
+        payloads,
+        base_version: Some(base_version.parse().unwrap()),
+    };
+    let bytes = manifest.to_bytes();
+    let sigs = Signatures(vec![SignatureEntry::sign(key, &bytes)]);
+    let mut w = BundleWriter::new(Vec::new(), &bytes, &sigs).unwrap();
+    for ((name, _), c) in new.iter().zip(members) {
+        w.payload(*name, &c[..]).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+/// The fixture's running slot A holding `rootfs`, and its kernel and initrd on the ESP.
+fn running(f: &Fixture, rootfs: &[u8]) -> Vec<Vec<u8>> {
+    let mut slot = vec![0u8; 1 << 20];
+    slot[..rootfs.len()].copy_from_slice(rootfs);
+    std::fs::write(&f.device.slot_devices[0].1, &slot).unwrap();
+    let dir = f.device.esp.root.join("basalt/a");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("vmlinuz"), b"old kernel 6.1.0-40").unwrap();
+    std::fs::write(dir.join("initrd"), noise(5, 30_000)).unwrap();
+    vec![
+        rootfs.to_vec(),
+        b"old kernel 6.1.0-40".to_vec(),
+        noise(5, 30_000),
+    ]
+}
+
+#[test]
+fn a_delta_bundle_rebuilds_the_new_slot_from_the_running_one() {
+    let f = fixture();
+    let old_root = noise(1, 600_000);
+    let bases = running(&f, &old_root);
+    let mut new_root = old_root.clone();
+    new_root.splice(300_000..300_000, noise(2, 5_000));
+    new_root.truncate(590_000);
+    let mut new_initrd = bases[2].clone();
+    new_initrd[100] ^= 1;
+    let new = [
+        (PayloadName::Rootfs, new_root.clone()),
+        (PayloadName::Kernel, b"new kernel 6.1.0-41".to_vec()),
+        (PayloadName::Initrd, new_initrd.clone()),
+    ];
+    let b = delta_bundle(&f.key, "0.2.0", "0.1.0", &new, &bases);
+    assert!(b.len() < 40_000, "delta bundle is {} bytes", b.len());
+
+    let report = check_bundle(&b[..], &f.device).unwrap();
+    assert_eq!(report.delta_from.as_deref(), Some("0.1.0"));
+    assert!(report.decision.contains("delta from 0.1.0"), "{report:?}");
+    stage(&b[..], &f.device).unwrap();
+    let slot_b = std::fs::read(&f.device.slot_devices[1].1).unwrap();
+    assert!(slot_b[..new_root.len()] == new_root[..]);
+    assert_eq!(
+        std::fs::read(&f.device.slot_devices[0].1).unwrap()[..old_root.len()],
+        old_root[..]
+    );
+    apply(&f.device).unwrap();
+    assert_eq!(
+        std::fs::read(f.device.esp.slot_file(Slot::B, "vmlinuz")).unwrap(),
+        b"new kernel 6.1.0-41"
+    );
+    assert_eq!(
+        std::fs::read(f.device.esp.slot_file(Slot::B, "initrd")).unwrap(),
+        new_initrd
+    );
+}
+
+#[test]
+fn a_delta_for_another_base_is_refused_before_any_write() {
+    let f = fixture();
+    let old_root = noise(1, 300_000);
+    let bases = running(&f, &old_root);
+    let new = [
+        (PayloadName::Rootfs, noise(3, 1000)),
+        (PayloadName::Kernel, b"k".to_vec()),
+        (PayloadName::Initrd, b"i".to_vec()),
+    ];
+    let before = f.device.esp.entries().unwrap();
+
+    // Made from another version than the running one.
+    let b = delta_bundle(&f.key, "0.3.0", "0.2.0", &new, &bases);
+    let e = stage(&b[..], &f.device).unwrap_err();
+    assert!(e.full_bundle_may_do(), "{e}");
+    assert!(
+        e.to_string()
+            .contains("delta from 0.2.0, this device runs 0.1.0"),
+        "{e}"
+    );
+
+    // Same version, other bytes (a rebuild): found by the base's digest.
+    let mut other = bases.clone();
+    other[0][1234] ^= 1;
+    let b = delta_bundle(&f.key, "0.2.0", "0.1.0", &new, &other);
+    let e = check_bundle(&b[..], &f.device).unwrap_err();
+    assert!(e.full_bundle_may_do(), "{e}");
+    let e = stage(&b[..], &f.device).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("its rootfs payload is made against 300000 bytes")
+            && text.contains("running slot a")
+            && text.ends_with("install the full bundle"),
+        "{text}"
+    );
+    assert_eq!(e.disposition(), Disposition::GiveUp);
+    // A kernel that differs.
+    let mut other = bases.clone();
+    other[1].push(b'!');
+    let b = delta_bundle(&f.key, "0.2.0", "0.1.0", &new, &other);
+    let e = stage(&b[..], &f.device).unwrap_err().to_string();
+    assert!(
+        e.contains("kernel payload") && e.contains("basalt/a/vmlinuz"),
+        "{e}"
+    );
+
+    assert_eq!(f.device.esp.entries().unwrap(), before);
+    assert_eq!(
+        UpdateState::load(&f.device.state_dir).unwrap(),
+        UpdateState::default()
+    );
+}
