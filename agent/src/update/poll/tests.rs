@@ -9,6 +9,8 @@ fn channel(version: &str, board: BoardId) -> Channel {
         version: version.parse().unwrap(),
         bundle: "https://u.example/x.basalt".parse().unwrap(),
         size: None,
+        rollout: basalt_formats::channel::rollout::Percent::ALL,
+        recalled: Vec::new(),
     }
 }
 
