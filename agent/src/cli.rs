@@ -374,6 +374,9 @@ enum UpdateCommand {
     /// Read the update channel now; take a newer version: stage, apply and reboot.
     ///
     /// The channel is basalt.update.channel from cloud-config unless given.
+    /// A staged rollout is honoured (this node's bucket must be below the
+    /// percent); a recalled version staged or armed here is taken out of the
+    /// boot menu, and a recalled running version is reported, never downgraded.
     ///
     /// Example: basalt-agent update poll --no-apply --json
     Poll {
@@ -953,32 +956,7 @@ fn run_update(cmd: UpdateCommand) -> anyhow::Result<()> {
         }
         UpdateCommand::Status { json } => {
             let r = update::status(&device).map_err(fail)?;
-            let mut human = format!("running slot {} ({})\n", r.running_slot, r.running_version);
-            if let Some(t) = &r.tryboot {
-                human += &format!("tryboot: {t}\n");
-            }
-            for e in &r.entries {
-                human += &format!("entry {} ({:?})\n", e.file, e.assessment);
-            }
-            for f in &r.state.failed {
-                human += &format!(
-                    "failed update: {} in slot {} rolled back\n",
-                    f.version, f.slot
-                );
-            }
-            if let Some(p) = &r.poll {
-                human += &format!(
-                    "last poll of {} at {} (UNIX time): {}{}\n",
-                    p.channel,
-                    p.at,
-                    p.detail,
-                    p.error
-                        .as_ref()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                );
-            }
-            print(json, &r, human.trim_end().to_string());
+            print(json, &r, r.human());
         }
         UpdateCommand::MarkGood => {
             let changed = update::mark_good(&device).map_err(fail)?;

@@ -164,6 +164,18 @@ impl NodeIdentity {
         })
     }
 
+    /// Load `dir/node.key`, which must exist: for readers of the identity
+    /// (an update poll placing the node in a staged rollout), which leave
+    /// making it to the service.
+    pub fn load(dir: &Path) -> Result<Self, IdentityError> {
+        let path = dir.join(NODE_KEY_FILE);
+        let secret = load_secret(&path)?;
+        Ok(NodeIdentity {
+            key: SigningKey::from_bytes(&secret),
+            path,
+        })
+    }
+
     /// The signing key.
     pub fn signing_key(&self) -> &SigningKey {
         &self.key
@@ -199,6 +211,22 @@ mod tests {
         assert_eq!(std::fs::read_dir(&idir).unwrap().count(), 1);
         let other = NodeIdentity::load_or_create(&dir.path().join("other")).unwrap();
         assert_ne!(a.node_id(), other.node_id());
+    }
+
+    #[test]
+    fn load_reads_but_never_makes() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = NodeIdentity::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains(&dir.path().join(NODE_KEY_FILE).display().to_string()),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let made = NodeIdentity::load_or_create(dir.path()).unwrap();
+        assert_eq!(
+            NodeIdentity::load(dir.path()).unwrap().node_id(),
+            made.node_id()
+        );
     }
 
     #[test]

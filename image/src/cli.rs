@@ -2,7 +2,7 @@
 
 use crate::build::{self, BuildOptions, SpecSource};
 use crate::mesh_cmd::{self, MeshCommand};
-use crate::{bundle_cmd, config_cmd, flash, qemu};
+use crate::{bundle_cmd, channel_cmd, config_cmd, flash, qemu};
 use anyhow::{bail, Context, Result};
 use basalt_formats::record::BuildRecord;
 use basalt_formats::BoardId;
@@ -16,7 +16,7 @@ use std::time::Duration;
     name = "basalt",
     version,
     about = "Build immutable A/B appliance images for edge devices",
-    after_help = "Examples:\n  basalt build                                   # the default appliance for x86_64-uefi, into ./out\n  basalt build my-spec.yaml --board arm64-uefi --out build/\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt iso out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt mesh token --network lab\n  basalt config validate user-data.yaml\n  basalt keygen --out keys/release\n  basalt bundle out/basalt-appliance-0.1.0-x86_64-uefi.img --key keys/release.key\n  basalt flash out/basalt-appliance-0.1.0-rpi4.img /dev/sdX --cloud-config node.yaml\n  basalt completions bash > /etc/bash_completion.d/basalt"
+    after_help = "Examples:\n  basalt build                                   # the default appliance for x86_64-uefi, into ./out\n  basalt build my-spec.yaml --board arm64-uefi --out build/\n  basalt run out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt iso out/basalt-appliance-0.1.0-x86_64-uefi.img\n  basalt mesh token --network lab\n  basalt config validate user-data.yaml\n  basalt keygen --out keys/release\n  basalt bundle out/basalt-appliance-0.1.0-x86_64-uefi.img --key keys/release.key\n  basalt channel out/basalt-appliance-0.1.0-x86_64-uefi.basalt --out www/stable --percent 10\n  basalt flash out/basalt-appliance-0.1.0-rpi4.img /dev/sdX --cloud-config node.yaml\n  basalt completions bash > /etc/bash_completion.d/basalt"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -196,7 +196,8 @@ enum Command {
     },
 }
 
-/// Signed update bundles: keys, bundles, signatures, inspection.
+/// Signed update bundles: keys, bundles, signatures, inspection, and the
+/// update channel's documents.
 #[derive(Debug, Subcommand)]
 enum BundleCommand {
     /// Make an Ed25519 key pair for signing bundles: NAME.key (secret, mode 0600) and NAME.pub.
@@ -280,6 +281,35 @@ enum BundleCommand {
         #[arg(long)]
         no_payloads: bool,
         /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the update channel's document for a bundle: DIR/<board>.json for each of its boards.
+    ///
+    /// Reads the bundle's manifest (its signatures are not checked here;
+    /// devices check them) and its size. The bundle is named by its path
+    /// relative to DIR unless --bundle-url is given: copy the bundle into
+    /// place first, then write the documents. Each document is replaced in
+    /// one step.
+    #[command(
+        after_help = "Examples:\n  basalt channel www/stable/appliance-0.3.0-x86_64-uefi.basalt --out www/stable --percent 10\n  basalt channel www/stable/appliance-0.3.0-x86_64-uefi.basalt --out www/stable --percent 50\n  basalt channel www/stable/appliance-0.3.0-x86_64-uefi.basalt --out www/stable            # every device\n  basalt channel www/stable/appliance-0.3.1-x86_64-uefi.basalt --out www/stable --recall 0.3.0 --json\n  basalt channel update.basalt --out www/beta --bundle-url https://cdn.example/update.basalt"
+    )]
+    Channel {
+        /// The bundle (.basalt) the channel offers.
+        bundle: PathBuf,
+        /// The channel's directory (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Share of devices that take the version now: 0-100, at most two decimal places [default: every device].
+        #[arg(long, value_name = "P")]
+        percent: Option<basalt_formats::channel::rollout::Percent>,
+        /// A version no device installs, nor keeps staged or armed. Repeat for several.
+        #[arg(long, value_name = "VERSION")]
+        recall: Vec<semver::Version>,
+        /// The bundle's URL in the documents: http(s)://, or relative to them [default: its path relative to DIR].
+        #[arg(long, value_name = "URL")]
+        bundle_url: Option<String>,
+        /// Print what was written as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -660,6 +690,27 @@ fn run_bundle_command(command: BundleCommand) -> Result<()> {
                 print!("{}", report.render());
             }
             bundle_cmd::require_ok(&report)?;
+        }
+        BundleCommand::Channel {
+            bundle,
+            out,
+            percent,
+            recall,
+            bundle_url,
+            json,
+        } => {
+            let done = channel_cmd::channel(&channel_cmd::ChannelOptions {
+                bundle,
+                out,
+                percent,
+                recall,
+                bundle_url,
+            })?;
+            if json {
+                print_json(&done)?;
+            } else {
+                print!("{}", done.render());
+            }
         }
     }
     Ok(())

@@ -9,6 +9,7 @@
 //! | [`flash`] | `basalt flash`: an image onto an SD card, USB stick or disk, block map aware, read back and compared |
 //! | [`iso`] | `basalt iso`: a hybrid installer ISO (CD or USB stick) from a built x86_64 UEFI image |
 //! | [`bundle_cmd`] | `basalt keygen`, `bundle`, `sign`, `inspect`: signed update bundles |
+//! | [`channel_cmd`] | `basalt channel`: the update channel's documents for a bundle (rollout share, recalls) |
 //! | [`mesh_cmd`] | `basalt mesh`: network tokens |
 //! | [`tools`] | running external tools (mmdebstrap, mksquashfs, …) with errors that name them |
 //! | [`progress`] | progress bars and step lines |
@@ -18,6 +19,7 @@
 pub mod assets;
 pub mod build;
 pub mod bundle_cmd;
+pub mod channel_cmd;
 pub mod cli;
 pub mod config_cmd;
 pub mod flash;

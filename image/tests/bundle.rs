@@ -1,5 +1,5 @@
 //! Signed bundles made from a small synthetic image: `keygen`, `bundle`,
-//! `sign` and `inspect` through the library and through the binary.
+//! `sign`, `inspect` and `channel` through the library and through the binary.
 
 use basalt::build::{disk, esp};
 use basalt::bundle_cmd::{self, BundleOptions, CheckStatus, InspectOptions};
@@ -571,4 +571,104 @@ fn cli_keygen_bundle_sign_inspect() {
         assert_eq!(code, 0);
         assert!(out.contains("Examples:"), "basalt {sub} --help:\n{out}");
     }
+}
+
+#[test]
+fn cli_channel_writes_what_devices_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = make_image(dir.path());
+    let (secret, _) = key(dir.path(), "release");
+    let bundle = make_bundle(&image, &secret);
+    let www = dir.path().join("www/stable");
+    let (code, out, err) = basalt(&[
+        "channel",
+        bundle.to_str().unwrap(),
+        "--out",
+        www.to_str().unwrap(),
+        "--percent",
+        "10",
+        "--recall",
+        "1.1.0",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let done: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let doc_path = www.join("x86_64-uefi.json");
+    assert_eq!(
+        done["documents"][0]["path"],
+        doc_path.to_str().unwrap(),
+        "{out}"
+    );
+    assert_eq!(done["documents"][0]["document"]["rollout"]["percent"], 10);
+    let c = basalt_formats::channel::Channel::parse(
+        "https://updates.example/stable/x86_64-uefi.json",
+        &std::fs::read(&doc_path).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c.version, semver::Version::new(1, 2, 0));
+    assert_eq!(c.rollout.to_string(), "10");
+    assert_eq!(c.recalled, vec![semver::Version::new(1, 1, 0)]);
+    assert_eq!(c.size, Some(std::fs::metadata(&bundle).unwrap().len()));
+    let name = bundle.file_name().unwrap().to_str().unwrap();
+    assert_eq!(c.bundle.as_str(), format!("https://updates.example/{name}"));
+
+    // Bad values are refused by name, before anything is written.
+    let (code, _, err) = basalt(&[
+        "channel",
+        bundle.to_str().unwrap(),
+        "--out",
+        www.to_str().unwrap(),
+        "--percent",
+        "101",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--percent") && err.contains("101 is not between 0 and 100"),
+        "{err}"
+    );
+    let (code, _, err) = basalt(&[
+        "channel",
+        bundle.to_str().unwrap(),
+        "--out",
+        www.to_str().unwrap(),
+        "--recall",
+        "1.2",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--recall"), "{err}");
+    let (code, _, err) = basalt(&[
+        "channel",
+        bundle.to_str().unwrap(),
+        "--out",
+        www.to_str().unwrap(),
+        "--recall",
+        "1.2.0",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--recall 1.2.0: that is the bundle's own version"),
+        "{err}"
+    );
+    let (code, _, err) = basalt(&[
+        "channel",
+        image.img.to_str().unwrap(),
+        "--out",
+        www.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with(&format!("basalt: error: {}: ", image.img.display())),
+        "{err}"
+    );
+    // An image is not a bundle, and the cause is said once.
+    assert_eq!(err.matches("manifest.json").count(), 1, "{err}");
+    // The document from the first run is still there, unchanged.
+    assert_eq!(
+        basalt_formats::channel::Channel::parse(
+            "https://updates.example/stable/x86_64-uefi.json",
+            &std::fs::read(&doc_path).unwrap(),
+        )
+        .unwrap(),
+        c
+    );
 }

@@ -59,6 +59,7 @@ fn every_subcommand_has_help_with_an_example() {
         "bundle",
         "sign",
         "inspect",
+        "channel",
         "completions",
         "man",
     ] {

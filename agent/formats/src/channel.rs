@@ -1,5 +1,6 @@
 //! The update channel: a small JSON document per board that says which
-//! version is the latest and where its bundle is.
+//! version is the latest, where its bundle is, which share of the fleet
+//! takes it now, and which versions are recalled.
 //!
 //! A device whose cloud-config sets `basalt.update.channel` to
 //! `https://updates.example/stable` reads
@@ -11,7 +12,9 @@
 //!   "board": "x86_64-uefi",
 //!   "version": "0.2.0",
 //!   "bundle": "appliance-0.2.0-x86_64-uefi.basalt",
-//!   "size": 734003200
+//!   "size": 734003200,
+//!   "rollout": { "percent": 25 },
+//!   "recalled": ["0.1.3"]
 //! }
 //! ```
 //!
@@ -22,13 +25,27 @@
 //! | `version` | required, semver of the latest release on the channel |
 //! | `bundle` | required, the bundle's URL: absolute `http(s)://`, or relative to the document (`x.basalt`, `../bundles/x.basalt`, `/bundles/x.basalt`) |
 //! | `size` | optional, the bundle's size in bytes, for logs and progress |
+//! | `rollout.percent` | optional, the share of devices that take `version` now: 0–100, at most two decimal places; 100 when `rollout` is absent. Which devices is decided by each device from its node id ([`rollout`]) |
+//! | `recalled` | optional, versions (semver) no device installs, and none keeps staged or armed; it must not hold `version` itself |
 //!
-//! Unknown keys are errors. The document is not signed: the bundle is, and
-//! the device checks it against its trusted keys before writing a byte, so a
-//! forged channel can at worst point at a bundle the device refuses.
+//! Unknown keys are errors. `rollout` and `recalled` are optional, so a
+//! document without them reads as it always has and `format` stays 1; an
+//! agent older than the two keys refuses a document that has them (unknown
+//! field) and stays on its version, which errs on the safe side. Versions are
+//! compared by semver precedence, so build metadata is ignored: a recalled
+//! `0.3.0` is also `0.3.0+rebuild`.
+//!
+//! The document is not signed: the bundle is, and the device checks it
+//! against its trusted keys before writing a byte, so a forged channel can
+//! at worst point at a bundle the device refuses, hold devices back or take
+//! a staged update out of the boot menu. It can never make a device go back
+//! to an older version: a device never downgrades on its own, recalled or not.
+
+pub mod rollout;
 
 use crate::board::BoardId;
 use crate::cloud_config::HttpUrl;
+use rollout::Percent;
 use serde::{Deserialize, Serialize};
 
 /// The `format` this code reads.
@@ -37,16 +54,31 @@ pub const CHANNEL_FORMAT: u32 = 1;
 /// The largest channel document a device reads.
 pub const MAX_CHANNEL_BYTES: u64 = 64 << 10;
 
-/// The document as written.
-#[derive(Debug, Clone, Deserialize)]
+/// The document as written: what `basalt channel` writes and
+/// [`Channel::parse`] reads before checking it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ChannelFile {
-    format: u32,
-    board: BoardId,
-    version: semver::Version,
-    bundle: String,
-    #[serde(default)]
-    size: Option<u64>,
+pub struct ChannelFile {
+    pub format: u32,
+    pub board: BoardId,
+    pub version: semver::Version,
+    /// As written: a URL or a reference relative to the document.
+    pub bundle: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutFile>,
+    /// As written; each must be a semver version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recalled: Vec<String>,
+}
+
+/// `rollout` as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutFile {
+    /// 0–100, at most two decimal places ([`Percent::from_f64`]).
+    pub percent: serde_json::Number,
 }
 
 /// A checked channel document.
@@ -57,6 +89,11 @@ pub struct Channel {
     /// The bundle's URL, resolved against the document's URL.
     pub bundle: HttpUrl,
     pub size: Option<u64>,
+    /// The share of devices that take `version` now: [`Percent::ALL`] when
+    /// the document has no `rollout`.
+    pub rollout: Percent,
+    /// Versions no device installs, nor keeps staged or armed. Never holds `version`.
+    pub recalled: Vec<semver::Version>,
 }
 
 /// A channel document that cannot be used. Names the document.
@@ -71,8 +108,14 @@ pub enum ChannelError {
     },
     #[error("{url}: format {found} is not supported; this basalt reads format {CHANNEL_FORMAT}")]
     Format { url: String, found: u32 },
-    #[error("{url}: bundle: {reason}")]
-    Bundle { url: String, reason: String },
+    /// A key that parses but breaks a rule: `field` is its path in the
+    /// document (`bundle`, `rollout.percent`, `recalled[2]`).
+    #[error("{url}: {field}: {reason}")]
+    Invalid {
+        url: String,
+        field: String,
+        reason: String,
+    },
 }
 
 /// `<channel>/<board>.json`.
@@ -95,16 +138,63 @@ impl Channel {
                 found: file.format,
             });
         }
-        let bundle = resolve(url, &file.bundle).map_err(|reason| ChannelError::Bundle {
+        let invalid = |field: String, reason: String| ChannelError::Invalid {
             url: url.to_string(),
+            field,
             reason,
-        })?;
+        };
+        let bundle =
+            resolve(url, &file.bundle).map_err(|reason| invalid("bundle".into(), reason))?;
+        let rollout = match &file.rollout {
+            None => Percent::ALL,
+            Some(r) => r
+                .percent
+                .as_f64()
+                .ok_or_else(|| format!("{} is not a number", r.percent))
+                .and_then(Percent::from_f64)
+                .map_err(|reason| invalid("rollout.percent".into(), reason))?,
+        };
+        let mut recalled: Vec<semver::Version> = Vec::with_capacity(file.recalled.len());
+        for (i, text) in file.recalled.iter().enumerate() {
+            let field = format!("recalled[{i}]");
+            let v: semver::Version = text.parse().map_err(|e| {
+                invalid(
+                    field.clone(),
+                    format!("{text:?} is not a semantic version: {e}"),
+                )
+            })?;
+            if let Some(j) = recalled.iter().position(|r| r.cmp_precedence(&v).is_eq()) {
+                return Err(invalid(
+                    field,
+                    format!("{v} is listed twice (also recalled[{j}])"),
+                ));
+            }
+            if v.cmp_precedence(&file.version).is_eq() {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{v} is also the document's version: a channel cannot offer a version and recall it; offer another version first"
+                    ),
+                ));
+            }
+            recalled.push(v);
+        }
         Ok(Channel {
             board: file.board,
             version: file.version,
             bundle,
             size: file.size,
+            rollout,
+            recalled,
         })
+    }
+
+    /// Whether the channel recalls `version` (by semver precedence, so build
+    /// metadata is ignored).
+    pub fn recalls(&self, version: &semver::Version) -> bool {
+        self.recalled
+            .iter()
+            .any(|r| r.cmp_precedence(version).is_eq())
     }
 }
 
@@ -217,6 +307,149 @@ mod tests {
             c.bundle.as_str(),
             "https://updates.example/stable/appliance-0.2.0.basalt"
         );
+    }
+
+    #[test]
+    fn a_document_without_rollout_or_recalls_is_for_everyone() {
+        let c = Channel::parse(
+            DOC,
+            br#"{"format":1,"board":"x86_64-uefi","version":"0.2.0","bundle":"x.basalt"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rollout, Percent::ALL);
+        assert!(c.recalled.is_empty());
+        assert_eq!(c.size, None);
+    }
+
+    #[test]
+    fn a_document_with_a_rollout_and_recalls() {
+        let c = Channel::parse(
+            DOC,
+            br#"{
+              "format": 1,
+              "board": "x86_64-uefi",
+              "version": "0.4.0",
+              "bundle": "x.basalt",
+              "rollout": {"percent": 12.5},
+              "recalled": ["0.3.0", "0.3.1-rc.1", "0.5.0"]
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(c.rollout.hundredths(), 1250);
+        assert_eq!(
+            c.recalled,
+            vec![
+                semver::Version::new(0, 3, 0),
+                "0.3.1-rc.1".parse().unwrap(),
+                semver::Version::new(0, 5, 0)
+            ]
+        );
+        assert!(c.recalls(&"0.3.0".parse().unwrap()));
+        // Build metadata does not make another version.
+        assert!(c.recalls(&"0.3.0+rebuild".parse().unwrap()));
+        assert!(!c.recalls(&"0.3.1".parse().unwrap()));
+        assert!(!c.recalls(&c.version));
+        for (percent, hundredths) in [("0", 0), ("100", 10_000), ("0.01", 1), ("25", 2500)] {
+            let doc = format!(
+                r#"{{"format":1,"board":"x86_64-uefi","version":"0.4.0","bundle":"x","rollout":{{"percent":{percent}}}}}"#
+            );
+            let c = Channel::parse(DOC, doc.as_bytes()).unwrap();
+            assert_eq!(c.rollout.hundredths(), hundredths, "{percent}");
+        }
+    }
+
+    #[test]
+    fn what_channel_file_writes_parses_back() {
+        let file = ChannelFile {
+            format: CHANNEL_FORMAT,
+            board: BoardId::Arm64Uefi,
+            version: "1.2.0".parse().unwrap(),
+            bundle: "../bundles/a-1.2.0.basalt".into(),
+            size: Some(99),
+            rollout: Some(RolloutFile {
+                percent: "33.33".parse::<Percent>().unwrap().to_json(),
+            }),
+            recalled: vec!["1.1.0".into()],
+        };
+        let text = serde_json::to_string(&file).unwrap();
+        assert!(text.contains(r#""rollout":{"percent":33.33}"#), "{text}");
+        assert_eq!(serde_json::from_str::<ChannelFile>(&text).unwrap(), file);
+        let c = Channel::parse("https://u.example/beta/arm64-uefi.json", text.as_bytes()).unwrap();
+        assert_eq!(c.rollout.hundredths(), 3333);
+        assert_eq!(c.recalled, vec![semver::Version::new(1, 1, 0)]);
+        assert_eq!(
+            c.bundle.as_str(),
+            "https://u.example/bundles/a-1.2.0.basalt"
+        );
+        // The optional keys are left out when unset.
+        let bare = ChannelFile {
+            rollout: None,
+            recalled: Vec::new(),
+            size: None,
+            ..file
+        };
+        let text = serde_json::to_string(&bare).unwrap();
+        assert!(
+            !text.contains("rollout") && !text.contains("recalled") && !text.contains("size"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_rollouts_and_recalls_name_the_field() {
+        let bad = |extra: &str| {
+            let doc = format!(
+                r#"{{"format":1,"board":"x86_64-uefi","version":"0.4.0","bundle":"x",{extra}}}"#
+            );
+            Channel::parse(DOC, doc.as_bytes()).unwrap_err().to_string()
+        };
+        assert_eq!(
+            bad(r#""rollout":{"percent":150}"#),
+            format!("{DOC}: rollout.percent: 150 is not between 0 and 100")
+        );
+        assert_eq!(
+            bad(r#""rollout":{"percent":-5}"#),
+            format!("{DOC}: rollout.percent: -5 is not between 0 and 100")
+        );
+        let e = bad(r#""rollout":{"percent":12.345}"#);
+        assert!(
+            e.starts_with(&format!(
+                "{DOC}: rollout.percent: 12.345 has more than two decimal places"
+            )),
+            "{e}"
+        );
+        let e = bad(r#""rollout":{"percent":"25"}"#);
+        assert!(
+            e.starts_with(DOC) && e.contains("invalid type: string"),
+            "{e}"
+        );
+        let e = bad(r#""rollout":{}"#);
+        assert!(e.contains("missing field `percent`"), "{e}");
+        let e = bad(r#""rollout":{"percent":5,"step":1}"#);
+        assert!(e.contains("unknown field `step`"), "{e}");
+        let e = bad(r#""rollout":25"#);
+        assert!(e.contains("invalid type: integer `25`"), "{e}");
+        assert_eq!(
+            bad(r#""recalled":["0.3.0","0.3.1","0.3"]"#),
+            format!(
+                "{DOC}: recalled[2]: \"0.3\" is not a semantic version: unexpected end of input while parsing minor version number"
+            )
+        );
+        assert_eq!(
+            bad(r#""recalled":["0.3.0","0.3.1","0.3.0+b2"]"#),
+            format!("{DOC}: recalled[2]: 0.3.0+b2 is listed twice (also recalled[0])")
+        );
+        let e = bad(r#""recalled":["0.3.0","0.4.0"]"#);
+        assert!(
+            e.starts_with(&format!(
+                "{DOC}: recalled[1]: 0.4.0 is also the document's version"
+            )),
+            "{e}"
+        );
+        let e = bad(r#""recalled":"0.3.0""#);
+        assert!(e.contains("expected a sequence"), "{e}");
+        let e = bad(r#""recalled":[3]"#);
+        assert!(e.contains("invalid type: integer `3`"), "{e}");
     }
 
     #[test]

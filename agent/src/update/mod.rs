@@ -40,6 +40,7 @@ use basalt_formats::bundle::{
     check, Decision, Manifest, PayloadName, PublicKey, Reason, Sha256Digest, TrustPolicy,
 };
 use basalt_formats::entry::{Assessment, EntryName};
+use basalt_formats::mesh::NodeId;
 use basalt_formats::release::{Release, RELEASE_PATH};
 use basalt_formats::{BoardId, Slot};
 use esp::Esp;
@@ -141,6 +142,9 @@ pub struct Device {
     /// Block device of each slot's root partition.
     pub slot_devices: Vec<(Slot, PathBuf)>,
     pub policy: Option<TrustPolicy>,
+    /// The node's id, which places it in a staged rollout; why not, when
+    /// the identity cannot be read.
+    pub node_id: Result<NodeId, String>,
 }
 
 impl Device {
@@ -172,6 +176,11 @@ impl Device {
             boot,
             slot_devices,
             policy,
+            node_id: crate::identity::NodeIdentity::load(Path::new(
+                crate::identity::DEVICE_IDENTITY_DIR,
+            ))
+            .map(|id| id.node_id())
+            .map_err(|e| e.to_string()),
         })
     }
 
@@ -631,6 +640,46 @@ pub struct StatusReport {
     pub tryboot: Option<String>,
     /// The last poll of the update channel, if any.
     pub poll: Option<poll::PollRecord>,
+}
+
+impl StatusReport {
+    /// `update status` without `--json`: one line each, a recalled running
+    /// version first and in capitals, as it needs someone to act.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        if let Some(v) = self.poll.as_ref().and_then(|p| p.running_recalled.as_ref()) {
+            out += &format!("RECALLED: {}\n", poll::running_recalled_line(v));
+        }
+        out += &format!(
+            "running slot {} ({})\n",
+            self.running_slot, self.running_version
+        );
+        if let Some(t) = &self.tryboot {
+            out += &format!("tryboot: {t}\n");
+        }
+        for e in &self.entries {
+            out += &format!("entry {} ({:?})\n", e.file, e.assessment);
+        }
+        for f in &self.state.failed {
+            out += &format!(
+                "failed update: {} in slot {} rolled back\n",
+                f.version, f.slot
+            );
+        }
+        if let Some(p) = &self.poll {
+            out += &format!(
+                "last poll of {} at {} (UNIX time): {}{}\n",
+                p.channel,
+                p.at,
+                p.detail,
+                p.error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+        }
+        out.trim_end().to_string()
+    }
 }
 
 #[derive(Debug, Serialize)]

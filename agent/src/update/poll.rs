@@ -4,23 +4,30 @@
 //! One poll fetches `<channel>/<board>.json` ([`basalt_formats::channel`]),
 //! decides with [`decide`] (pure) whether there is something new that this
 //! device may take, and if so checks the bundle's signatures (reading only
-//! its head), stages it from the URL, arms the boot loader and reboots. Each
-//! poll's outcome is kept in `poll.json` beside the update state and shown by
-//! `basalt-agent update status`.
+//! its head), stages it from the URL, arms the boot loader and reboots. A
+//! version the channel recalls is taken out of the boot menu when it is
+//! staged or armed here, and reported loudly when it is the running one.
+//! Each poll's outcome is kept in `poll.json` beside the update state and
+//! shown by `basalt-agent update status`.
 
 use super::state::{SlotRecord, UpdateState};
 use super::{apply, check_bundle, io_err, stage, Device, Disposition, UpdateError};
 use crate::fetch::{FetchError, Fetcher};
+use basalt_formats::channel::rollout::{Bucket, Percent};
 use basalt_formats::channel::{self, Channel, ChannelError, MAX_CHANNEL_BYTES};
 use basalt_formats::cloud_config::HttpUrl;
+use basalt_formats::mesh::NodeId;
 use basalt_formats::release::Release;
 use basalt_formats::Slot;
-use log::{error, info};
+use log::{error, info, warn};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// What one poll should do, decided from the channel and the device's state.
+/// The reason a slot's record gives when a poll took a recalled version out of it.
+pub const RECALLED_REASON: &str = "recalled by the channel";
+
+/// What one poll should do about the channel's version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "decision")]
 pub enum PollDecision {
@@ -36,48 +43,118 @@ pub enum PollDecision {
     Hold { version: String, reason: String },
 }
 
+/// A version staged or armed in the slot that has not booted, which the
+/// channel recalls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disarm {
+    pub slot: Slot,
+    pub version: String,
+    /// It was armed (a counting boot entry), not only staged.
+    pub armed: bool,
+}
+
+/// Everything one poll should do, decided from the channel and the device's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PollPlan {
+    /// Take this recalled version out of the boot menu, and mark its slot
+    /// bad, before anything else.
+    pub disarm: Option<Disarm>,
+    /// The running version, when the channel recalls it. Reported, never
+    /// acted on: the channel is not signed, so it must not be able to make
+    /// a device go back to an older version.
+    pub running_recalled: Option<String>,
+    /// What to do about the channel's version, once `disarm` is done.
+    pub decision: PollDecision,
+}
+
 /// Whether the channel has something new this device may take. Pure.
 ///
 /// - The document must be for this board (otherwise an error: the channel is miswired).
+/// - A recalled version staged or armed in the target slot is taken out
+///   ([`PollPlan::disarm`]); a recalled running version is only reported.
+///   A recalled version is never installed.
 /// - Nothing happens while the running slot is on trial (its boot entry
 ///   still counts tries): the health checks decide first.
 /// - Only a version above the running one counts; downgrades are never automatic.
-/// - A version that was rolled back on this device is not tried again
-///   automatically; an operator can still stage it by hand.
+/// - A version that was rolled back on this device before is not tried
+///   again automatically; an operator can still stage it by hand.
+/// - With a staged rollout (`rollout.percent` below 100) the version is
+///   installed or applied only when this node's bucket for it
+///   ([`Bucket::of`]) is below the percent; a node whose identity cannot be
+///   read (`node` is then the reason) waits for 100 %.
 pub fn decide(
     channel: &Channel,
     release: &Release,
     state: &UpdateState,
     target: Slot,
     on_trial: bool,
-) -> Result<PollDecision, String> {
+    node: Result<&NodeId, &str>,
+) -> Result<PollPlan, String> {
     if channel.board != release.board {
         return Err(format!(
             "the channel document is for board {}, this device is {}",
             channel.board, release.board
         ));
     }
+    // `Channel::parse` refuses this; a channel built another way must not slip through.
+    if channel.recalls(&channel.version) {
+        return Err(format!(
+            "the channel offers {} and recalls it",
+            channel.version
+        ));
+    }
+    let recalled = |v: &str| v.parse().is_ok_and(|v| channel.recalls(&v));
+    let running_recalled = channel
+        .recalls(&release.version)
+        .then(|| release.version.to_string());
+    let disarm = match state.get(target) {
+        Some(SlotRecord::Staged { version }) if recalled(version) => Some(Disarm {
+            slot: target,
+            version: version.clone(),
+            armed: false,
+        }),
+        Some(SlotRecord::Trying { version }) if recalled(version) => Some(Disarm {
+            slot: target,
+            version: version.clone(),
+            armed: true,
+        }),
+        _ => None,
+    };
+    let plan = |decision| PollPlan {
+        disarm: disarm.clone(),
+        running_recalled: running_recalled.clone(),
+        decision,
+    };
     let version = channel.version.to_string();
     if channel.version.cmp_precedence(&release.version) != std::cmp::Ordering::Greater {
-        return Ok(PollDecision::UpToDate {
+        return Ok(plan(PollDecision::UpToDate {
             running: release.version.to_string(),
             latest: version,
-        });
+        }));
     }
     if on_trial {
-        return Ok(PollDecision::Hold {
+        return Ok(plan(PollDecision::Hold {
             version,
             reason: "the running slot is on trial; updates wait until it is marked good".into(),
-        });
+        }));
     }
     if state.failed.iter().any(|f| f.version == version) {
-        return Ok(PollDecision::Hold {
+        return Ok(plan(PollDecision::Hold {
             version,
             reason: "this version was rolled back on this device before".into(),
-        });
+        }));
     }
-    Ok(match state.get(target) {
-        Some(SlotRecord::Trying { version: v }) if *v == version => PollDecision::Armed { version },
+    // What the target slot holds once a recalled version is taken out of it.
+    let held = if disarm.is_some() {
+        None
+    } else {
+        state.get(target)
+    };
+    let decision = match held {
+        // Armed already: it boots at the next reboot whatever the rollout says.
+        Some(SlotRecord::Trying { version: v }) if *v == version => {
+            return Ok(plan(PollDecision::Armed { version }))
+        }
         Some(SlotRecord::Staged { version: v }) if *v == version => {
             PollDecision::ApplyStaged { version }
         }
@@ -85,7 +162,34 @@ pub fn decide(
             version,
             bundle: channel.bundle.as_str().to_string(),
         },
-    })
+    };
+    if channel.rollout == Percent::ALL {
+        return Ok(plan(decision));
+    }
+    let version = channel.version.to_string();
+    Ok(plan(match node {
+        Ok(id) => {
+            let bucket = Bucket::of(id, &channel.version);
+            if channel.rollout.admits(bucket) {
+                decision
+            } else {
+                PollDecision::Hold {
+                    version,
+                    reason: format!(
+                        "rollout at {} %: this node's bucket is {bucket}",
+                        channel.rollout
+                    ),
+                }
+            }
+        }
+        Err(why) => PollDecision::Hold {
+            version,
+            reason: format!(
+                "rollout at {} %, and this node cannot place itself in it without its identity ({why}); it waits for 100 %",
+                channel.rollout
+            ),
+        },
+    }))
 }
 
 /// The wait before the next poll: `interval` moved by up to ±10 %, so a
@@ -108,6 +212,12 @@ pub enum Outcome {
     Held,
     Staged,
     Applied,
+    /// A recalled version staged or armed here was taken out of the boot
+    /// menu, and nothing else was done.
+    Disarmed,
+    /// The device runs a version the channel recalls, and the poll put
+    /// nothing newer in its place.
+    Recalled,
     Failed,
 }
 
@@ -124,6 +234,12 @@ pub struct PollRecord {
     pub latest: Option<String>,
     pub error: Option<String>,
     pub disposition: Option<Disposition>,
+    /// The running version, when the channel recalls it.
+    #[serde(default)]
+    pub running_recalled: Option<String>,
+    /// The recalled version this poll took out of the boot menu.
+    #[serde(default)]
+    pub disarmed: Option<Disarm>,
 }
 
 impl PollRecord {
@@ -183,6 +299,14 @@ pub enum Mode {
     Apply,
 }
 
+/// What a poll learnt and did before it ended, for its record even when it failed.
+#[derive(Debug, Default)]
+struct Progress {
+    latest: Option<String>,
+    running_recalled: Option<String>,
+    disarmed: Option<Disarm>,
+}
+
 /// One poll: see the module docs. Writes the outcome to `poll.json`, and logs it.
 pub fn poll(
     device: &Device,
@@ -191,8 +315,8 @@ pub fn poll(
     mode: Mode,
     reboot: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<PollRecord, PollError> {
-    let mut latest = None;
-    let result = poll_inner(device, channel_url, fetcher, mode, reboot, &mut latest);
+    let mut progress = Progress::default();
+    let result = poll_inner(device, channel_url, fetcher, mode, reboot, &mut progress);
     let at = super::now();
     let record = match &result {
         Ok((outcome, detail)) => PollRecord {
@@ -200,21 +324,26 @@ pub fn poll(
             at,
             outcome: *outcome,
             detail: detail.clone(),
-            latest,
+            latest: progress.latest,
             error: None,
             disposition: None,
+            running_recalled: progress.running_recalled,
+            disarmed: progress.disarmed,
         },
         Err(e) => PollRecord {
             channel: channel_url.to_string(),
             at,
             outcome: Outcome::Failed,
             detail: "poll failed".into(),
-            latest,
+            latest: progress.latest,
             error: Some(e.to_string()),
             disposition: Some(e.disposition()),
+            running_recalled: progress.running_recalled,
+            disarmed: progress.disarmed,
         },
     };
     match &result {
+        Ok((Outcome::Recalled, detail)) => error!("update poll: {detail}"),
         Ok((_, detail)) => info!("update poll: {detail}"),
         Err(e) => error!("update poll failed: {e}"),
     }
@@ -224,52 +353,136 @@ pub fn poll(
     result.map(|_| record)
 }
 
+/// Takes a recalled version out of the slot that has not booted: its boot
+/// entry goes (as `update revert` does for an armed one), and its record
+/// becomes bad, so neither `apply` nor a reboot can start it.
+fn disarm(device: &Device, d: &Disarm) -> Result<(), UpdateError> {
+    let mut st = UpdateState::load(&device.state_dir).map_err(io_err("update state"))?;
+    // On a Raspberry Pi a trial is armed by the reboot itself: there is no entry.
+    if device.tryboot.is_none() {
+        device
+            .esp
+            .remove_entries(d.slot)
+            .map_err(io_err(format!("removing slot {}'s loader entry", d.slot)))?;
+    }
+    st.set(
+        d.slot,
+        SlotRecord::Bad {
+            version: d.version.clone(),
+            reason: RECALLED_REASON.into(),
+        },
+    );
+    st.write(&device.state_dir).map_err(io_err("update state"))
+}
+
+/// The sentence about a recalled running version, for the journal, the record and `update status`.
+pub fn running_recalled_line(version: &str) -> String {
+    format!(
+        "the channel recalls {version}, the version this device runs; it never goes back to an older version on its own (the channel is not signed): publish a newer version to move it off"
+    )
+}
+
 fn poll_inner(
     device: &Device,
     channel_url: &HttpUrl,
     fetcher: &Fetcher,
     mode: Mode,
     reboot: &mut dyn FnMut() -> Result<(), String>,
-    latest: &mut Option<String>,
+    progress: &mut Progress,
 ) -> Result<(Outcome, String), PollError> {
     let url = channel::document_url(channel_url, device.release.board);
     let bytes = fetcher.get_bytes(&url, MAX_CHANNEL_BYTES)?;
     let doc = Channel::parse(&url, &bytes)?;
-    *latest = Some(doc.version.to_string());
+    progress.latest = Some(doc.version.to_string());
     let st = UpdateState::load(&device.state_dir).map_err(io_err("update state"))?;
     let on_trial = device
         .esp
         .entry(device.boot.slot)
         .map_err(io_err("reading loader entries"))?
         .is_some_and(|e| e.counter.is_some());
-    let decision =
-        decide(&doc, &device.release, &st, device.target(), on_trial).map_err(|reason| {
-            PollError::Mismatch {
-                url: url.clone(),
-                reason,
-            }
-        })?;
+    let plan = decide(
+        &doc,
+        &device.release,
+        &st,
+        device.target(),
+        on_trial,
+        device.node_id.as_ref().map_err(String::as_str),
+    )
+    .map_err(|reason| PollError::Mismatch {
+        url: url.clone(),
+        reason,
+    })?;
     let target = device.target();
-    let version = match decision {
+    // Said first, in the journal and the record, whatever happens next.
+    let mut notes = Vec::new();
+    if let Some(v) = &plan.running_recalled {
+        let line = running_recalled_line(v);
+        error!("update poll: {url}: {line}");
+        progress.running_recalled = Some(v.clone());
+        notes.push(line);
+    }
+    if let Some(d) = &plan.disarm {
+        disarm(device, d)?;
+        let line = format!(
+            "{} was {} in slot {}; the channel recalls it: taken out of the boot menu, slot marked bad",
+            d.version,
+            if d.armed { "armed" } else { "staged" },
+            d.slot
+        );
+        warn!("update poll: {line}");
+        progress.disarmed = Some(d.clone());
+        notes.push(line);
+    }
+    let with_notes = |outcome: Outcome, detail: String| {
+        let outcome = match outcome {
+            Outcome::UpToDate | Outcome::Held if plan.running_recalled.is_some() => {
+                Outcome::Recalled
+            }
+            Outcome::UpToDate | Outcome::Held if plan.disarm.is_some() => Outcome::Disarmed,
+            o => o,
+        };
+        let mut all = notes.clone();
+        all.push(detail);
+        (outcome, all.join("; "))
+    };
+    let version = match plan.decision {
         PollDecision::UpToDate { running, latest } => {
-            return Ok((
+            return Ok(with_notes(
                 Outcome::UpToDate,
                 format!("up to date: running {running}, the channel offers {latest}"),
             ))
         }
         PollDecision::Hold { version, reason } => {
-            return Ok((Outcome::Held, format!("not taking {version}: {reason}")))
+            return Ok(with_notes(
+                Outcome::Held,
+                format!("not taking {version}: {reason}"),
+            ))
         }
         PollDecision::Armed { version } => {
-            return Ok((
+            return Ok(with_notes(
                 Outcome::Applied,
                 format!("{version} is armed in slot {target} and boots at the next reboot"),
             ))
         }
         PollDecision::ApplyStaged { version } => version,
         PollDecision::Install { version, bundle } => {
+            let rollout = if doc.rollout == Percent::ALL {
+                String::new()
+            } else {
+                device
+                    .node_id
+                    .as_ref()
+                    .map(|id| {
+                        format!(
+                            "; rollout at {} %, this node's bucket is {}",
+                            doc.rollout,
+                            Bucket::of(id, &doc.version)
+                        )
+                    })
+                    .unwrap_or_default()
+            };
             info!(
-                "update poll: {version} is on the channel ({}); checking {bundle}",
+                "update poll: {version} is on the channel ({}{rollout}); checking {bundle}",
                 doc.size
                     .map(|s| format!("{s} bytes"))
                     .unwrap_or_else(|| "size not given".into())
@@ -281,7 +494,7 @@ fn poll_inner(
                 report.bundle_version, report.target_slot
             );
             if mode == Mode::StageOnly {
-                return Ok((
+                return Ok(with_notes(
                     Outcome::Staged,
                     format!("staged {version} in slot {target}; not applied (--no-apply)"),
                 ));
@@ -290,7 +503,7 @@ fn poll_inner(
         }
     };
     if mode == Mode::StageOnly {
-        return Ok((
+        return Ok(with_notes(
             Outcome::Staged,
             format!("{version} is staged in slot {target}; not applied (--no-apply)"),
         ));
@@ -298,7 +511,7 @@ fn poll_inner(
     apply(device)?;
     info!("update poll: {version} armed in slot {target}; rebooting");
     reboot().map_err(PollError::Reboot)?;
-    Ok((
+    Ok(with_notes(
         Outcome::Applied,
         format!("{version} armed in slot {target}; rebooting into it"),
     ))

@@ -179,6 +179,9 @@ pub(crate) fn fixture() -> Fixture {
             (Slot::B, dir.path().join("slot-b")),
         ],
         policy: Some(TrustPolicy::new(vec![key.public_key()], 1).unwrap()),
+        node_id: Ok(NodeId::from_verifying_key(
+            &ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key(),
+        )),
     };
     Fixture {
         _dir: dir,

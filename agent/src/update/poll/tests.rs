@@ -9,6 +9,8 @@ fn channel(version: &str, board: BoardId) -> Channel {
         version: version.parse().unwrap(),
         bundle: "https://u.example/x.basalt".parse().unwrap(),
         size: None,
+        rollout: basalt_formats::channel::rollout::Percent::ALL,
+        recalled: Vec::new(),
     }
 }
 
@@ -16,11 +18,23 @@ fn release() -> Release {
     crate::update::tests::fixture().device.release
 }
 
+/// The node the fixture's device is.
+fn node() -> NodeId {
+    crate::update::tests::fixture().device.node_id.unwrap()
+}
+
+/// `decide`'s decision for the fixture's node, where no recall is in play.
+fn decision(c: &Channel, r: &Release, st: &UpdateState, on_trial: bool) -> PollDecision {
+    let plan = decide(c, r, st, Slot::B, on_trial, Ok(&node())).unwrap();
+    assert_eq!((&plan.disarm, &plan.running_recalled), (&None, &None));
+    plan.decision
+}
+
 #[test]
 fn only_a_newer_version_for_this_board_is_taken() {
     let r = release();
     let st = UpdateState::default();
-    let d = |v: &str| decide(&channel(v, BoardId::X86_64Uefi), &r, &st, Slot::B, false).unwrap();
+    let d = |v: &str| decision(&channel(v, BoardId::X86_64Uefi), &r, &st, false);
     assert_eq!(
         d("0.1.0"),
         PollDecision::UpToDate {
@@ -44,6 +58,7 @@ fn only_a_newer_version_for_this_board_is_taken() {
         &st,
         Slot::B,
         false,
+        Ok(&node()),
     )
     .unwrap_err();
     assert_eq!(
@@ -58,7 +73,7 @@ fn trials_rollbacks_and_staged_versions() {
     let c = channel("0.2.0", BoardId::X86_64Uefi);
     let mut st = UpdateState::default();
     assert!(matches!(
-        decide(&c, &r, &st, Slot::B, true).unwrap(),
+        decision(&c, &r, &st, true),
         PollDecision::Hold { reason, .. } if reason.contains("on trial")
     ));
     st.set(
@@ -68,7 +83,7 @@ fn trials_rollbacks_and_staged_versions() {
         },
     );
     assert_eq!(
-        decide(&c, &r, &st, Slot::B, false).unwrap(),
+        decision(&c, &r, &st, false),
         PollDecision::ApplyStaged {
             version: "0.2.0".into()
         }
@@ -80,7 +95,7 @@ fn trials_rollbacks_and_staged_versions() {
         },
     );
     assert!(matches!(
-        decide(&c, &r, &st, Slot::B, false).unwrap(),
+        decision(&c, &r, &st, false),
         PollDecision::Install { .. }
     ));
     st.set(
@@ -90,7 +105,7 @@ fn trials_rollbacks_and_staged_versions() {
         },
     );
     assert_eq!(
-        decide(&c, &r, &st, Slot::B, false).unwrap(),
+        decision(&c, &r, &st, false),
         PollDecision::Armed {
             version: "0.2.0".into()
         }
@@ -104,24 +119,215 @@ fn trials_rollbacks_and_staged_versions() {
         },
     );
     assert!(matches!(
-        decide(&c, &r, &st, Slot::B, false).unwrap(),
+        decision(&c, &r, &st, false),
         PollDecision::Install { .. }
     ));
     st.record_failure("0.2.0".into(), Slot::B, 5);
     assert!(matches!(
-        decide(&c, &r, &st, Slot::B, false).unwrap(),
+        decision(&c, &r, &st, false),
         PollDecision::Hold { reason, .. } if reason.contains("rolled back")
     ));
     assert!(matches!(
-        decide(
-            &channel("0.2.1", BoardId::X86_64Uefi),
-            &r,
-            &st,
-            Slot::B,
-            false
-        )
-        .unwrap(),
+        decision(&channel("0.2.1", BoardId::X86_64Uefi), &r, &st, false),
         PollDecision::Install { .. }
+    ));
+}
+
+fn at(c: Channel, percent: &str) -> Channel {
+    Channel {
+        rollout: percent.parse().unwrap(),
+        ..c
+    }
+}
+
+fn recalling(c: Channel, versions: &[&str]) -> Channel {
+    Channel {
+        recalled: versions.iter().map(|v| v.parse().unwrap()).collect(),
+        ..c
+    }
+}
+
+#[test]
+fn a_staged_rollout_takes_the_nodes_below_the_percent() {
+    let r = release();
+    let st = UpdateState::default();
+    let c = channel("0.2.0", BoardId::X86_64Uefi);
+    let bucket = Bucket::of(&node(), &c.version);
+    let just_above = Percent::from_hundredths(bucket.hundredths() + 1).unwrap();
+    let install = PollDecision::Install {
+        version: "0.2.0".into(),
+        bundle: "https://u.example/x.basalt".into(),
+    };
+    assert_eq!(
+        decision(&at(c.clone(), &just_above.to_string()), &r, &st, false),
+        install
+    );
+    assert_eq!(decision(&at(c.clone(), "100"), &r, &st, false), install);
+    let exactly = Percent::from_hundredths(bucket.hundredths()).unwrap();
+    assert_eq!(
+        decision(&at(c.clone(), &exactly.to_string()), &r, &st, false),
+        PollDecision::Hold {
+            version: "0.2.0".into(),
+            reason: format!("rollout at {exactly} %: this node's bucket is {bucket}"),
+        }
+    );
+    assert!(matches!(
+        decision(&at(c.clone(), "0"), &r, &st, false),
+        PollDecision::Hold { reason, .. } if reason.starts_with("rollout at 0 %: this node's bucket is ")
+    ));
+
+    // Held back, a staged version is not applied; an armed one is left armed.
+    let mut staged = UpdateState::default();
+    staged.set(
+        Slot::B,
+        SlotRecord::Staged {
+            version: "0.2.0".into(),
+        },
+    );
+    assert!(matches!(
+        decision(&at(c.clone(), "0"), &r, &staged, false),
+        PollDecision::Hold { .. }
+    ));
+    let mut armed = UpdateState::default();
+    armed.set(
+        Slot::B,
+        SlotRecord::Trying {
+            version: "0.2.0".into(),
+        },
+    );
+    assert_eq!(
+        decision(&at(c.clone(), "0"), &r, &armed, false),
+        PollDecision::Armed {
+            version: "0.2.0".into()
+        }
+    );
+
+    // Without its identity a node cannot place itself: it waits for 100 %.
+    let no_id = |c: &Channel| {
+        decide(c, &r, &st, Slot::B, false, Err("key file gone"))
+            .unwrap()
+            .decision
+    };
+    assert_eq!(
+        no_id(&at(c.clone(), "99.99")),
+        PollDecision::Hold {
+            version: "0.2.0".into(),
+            reason: "rollout at 99.99 %, and this node cannot place itself in it without its identity (key file gone); it waits for 100 %".into(),
+        }
+    );
+    assert_eq!(no_id(&c), install);
+}
+
+#[test]
+fn a_recalled_version_is_taken_out_of_the_slot_that_has_not_booted() {
+    let r = release();
+    let mut st = UpdateState::default();
+    st.set(
+        Slot::A,
+        SlotRecord::Installed {
+            version: "0.1.0".into(),
+        },
+    );
+    st.set(
+        Slot::B,
+        SlotRecord::Staged {
+            version: "0.2.0".into(),
+        },
+    );
+    let plan =
+        |c: &Channel, st: &UpdateState| decide(c, &r, st, Slot::B, false, Ok(&node())).unwrap();
+    // Staged, recalled, and the channel offers a fix: out with it, in with the fix.
+    let fix = recalling(channel("0.2.1", BoardId::X86_64Uefi), &["0.2.0"]);
+    assert_eq!(
+        plan(&fix, &st),
+        PollPlan {
+            disarm: Some(Disarm {
+                slot: Slot::B,
+                version: "0.2.0".into(),
+                armed: false
+            }),
+            running_recalled: None,
+            decision: PollDecision::Install {
+                version: "0.2.1".into(),
+                bundle: "https://u.example/x.basalt".into()
+            },
+        }
+    );
+    // Armed, recalled, and nothing newer than the running version on offer.
+    st.set(
+        Slot::B,
+        SlotRecord::Trying {
+            version: "0.2.0".into(),
+        },
+    );
+    let back = recalling(channel("0.1.0", BoardId::X86_64Uefi), &["0.2.0"]);
+    let p = plan(&back, &st);
+    assert_eq!(
+        p.disarm,
+        Some(Disarm {
+            slot: Slot::B,
+            version: "0.2.0".into(),
+            armed: true
+        })
+    );
+    assert!(matches!(p.decision, PollDecision::UpToDate { .. }));
+    // Build metadata does not hide a recalled version.
+    st.set(
+        Slot::B,
+        SlotRecord::Staged {
+            version: "0.2.0+rebuild".into(),
+        },
+    );
+    assert!(plan(&back, &st).disarm.is_some());
+    // A slot that holds a recalled version but cannot boot it is left alone.
+    st.set(
+        Slot::B,
+        SlotRecord::Bad {
+            version: "0.2.0".into(),
+            reason: RECALLED_REASON.into(),
+        },
+    );
+    assert_eq!(plan(&back, &st).disarm, None);
+    // So is the running slot, whatever it holds.
+    assert_eq!(
+        decide(&back, &r, &st, Slot::A, false, Ok(&node()))
+            .unwrap()
+            .disarm,
+        None
+    );
+    // The channel's own version is never recalled (parsing refuses it too).
+    let both = recalling(channel("0.2.0", BoardId::X86_64Uefi), &["0.2.0"]);
+    assert_eq!(
+        decide(&both, &r, &st, Slot::B, false, Ok(&node())).unwrap_err(),
+        "the channel offers 0.2.0 and recalls it"
+    );
+}
+
+#[test]
+fn a_recalled_running_version_is_reported_and_never_downgraded() {
+    let r = release();
+    let st = UpdateState::default();
+    let p = |c: &Channel| decide(c, &r, &st, Slot::B, false, Ok(&node())).unwrap();
+    // Only older versions on offer: nothing is installed.
+    let older = recalling(channel("0.0.9", BoardId::X86_64Uefi), &["0.1.0"]);
+    assert_eq!(
+        p(&older),
+        PollPlan {
+            disarm: None,
+            running_recalled: Some("0.1.0".into()),
+            decision: PollDecision::UpToDate {
+                running: "0.1.0".into(),
+                latest: "0.0.9".into()
+            },
+        }
+    );
+    // A newer version is taken as usual, rollout included.
+    let fix = recalling(channel("0.1.1", BoardId::X86_64Uefi), &["0.1.0"]);
+    assert!(matches!(p(&fix).decision, PollDecision::Install { .. }));
+    assert_eq!(p(&fix).running_recalled.as_deref(), Some("0.1.0"));
+    assert!(matches!(
+        p(&at(fix, "0")).decision,
+        PollDecision::Hold { .. }
     ));
 }
 
@@ -272,4 +478,172 @@ fn failed_polls_are_recorded_with_the_url() {
     server.route("/none/x86_64-uefi.json", "{\"format\":1}", Behaviour::Serve);
     let e = poll(&f.device, &url, &fetcher, Mode::Apply, &mut no_reboot).unwrap_err();
     assert!(e.to_string().contains("missing field"), "{e}");
+}
+
+fn channel_doc_with(version: &str, bundle: &str, extra: &str) -> String {
+    format!(
+        r#"{{"format":1,"board":"x86_64-uefi","version":"{version}","bundle":"{bundle}",{extra}}}"#
+    )
+}
+
+#[test]
+fn a_poll_takes_a_recalled_staged_or_armed_version_out_of_the_boot_menu() {
+    let f = fixture();
+    let server = TestServer::start();
+    let url: HttpUrl = server.url("/c").parse().unwrap();
+    let fetcher = Fetcher::new(crate::fetch::tests::quick()).unwrap();
+    let mut no_reboot = || -> Result<(), String> { panic!("nothing to reboot into") };
+    stage(&bundle(&f.key, "0.2.0", b"root", false)[..], &f.device).unwrap();
+    apply(&f.device).unwrap();
+    assert_eq!(
+        f.device.esp.entries().unwrap(),
+        vec![entry(Slot::A, None), entry(Slot::B, Some((3, 0)))]
+    );
+    server.route(
+        "/c/x86_64-uefi.json",
+        channel_doc_with("0.1.0", "/none.basalt", r#""recalled":["0.2.0"]"#),
+        Behaviour::Serve,
+    );
+    let rec = poll(&f.device, &url, &fetcher, Mode::Apply, &mut no_reboot).unwrap();
+    assert_eq!(rec.outcome, Outcome::Disarmed, "{rec:?}");
+    assert_eq!(
+        rec.disarmed,
+        Some(Disarm {
+            slot: Slot::B,
+            version: "0.2.0".into(),
+            armed: true
+        })
+    );
+    assert!(
+        rec.detail
+            .starts_with("0.2.0 was armed in slot b; the channel recalls it"),
+        "{rec:?}"
+    );
+    assert_eq!(f.device.esp.entries().unwrap(), vec![entry(Slot::A, None)]);
+    let st = UpdateState::load(&f.device.state_dir).unwrap();
+    assert_eq!(
+        st.get(Slot::B),
+        Some(&SlotRecord::Bad {
+            version: "0.2.0".into(),
+            reason: RECALLED_REASON.into()
+        })
+    );
+    assert!(matches!(
+        apply(&f.device),
+        Err(UpdateError::NotStaged { slot: Slot::B })
+    ));
+
+    // Staged by hand, not armed: taken out all the same.
+    stage(&bundle(&f.key, "0.2.0", b"root", false)[..], &f.device).unwrap();
+    let rec = poll(&f.device, &url, &fetcher, Mode::Apply, &mut no_reboot).unwrap();
+    assert_eq!(rec.outcome, Outcome::Disarmed, "{rec:?}");
+    assert!(rec.disarmed.is_some_and(|d| !d.armed));
+    assert!(matches!(
+        UpdateState::load(&f.device.state_dir).unwrap().get(Slot::B),
+        Some(SlotRecord::Bad { reason, .. }) if reason == RECALLED_REASON
+    ));
+    // Nothing left to take out: the next poll is an ordinary one.
+    let rec = poll(&f.device, &url, &fetcher, Mode::Apply, &mut no_reboot).unwrap();
+    assert_eq!((rec.outcome, rec.disarmed), (Outcome::UpToDate, None));
+    // No bundle was asked for.
+    assert!(server.requests().iter().all(|r| r.path.ends_with(".json")));
+}
+
+#[test]
+fn a_poll_reports_a_recalled_running_version_and_does_not_downgrade() {
+    let f = fixture();
+    let server = TestServer::start();
+    let url: HttpUrl = server.url("/c").parse().unwrap();
+    let fetcher = Fetcher::new(crate::fetch::tests::quick()).unwrap();
+    server.route(
+        "/old.basalt",
+        bundle(&f.key, "0.0.9", b"old root", false),
+        Behaviour::Serve,
+    );
+    server.route(
+        "/c/x86_64-uefi.json",
+        channel_doc_with("0.0.9", "/old.basalt", r#""recalled":["0.1.0"]"#),
+        Behaviour::Serve,
+    );
+    let mut no_reboot = || -> Result<(), String> { panic!("no downgrade") };
+    let rec = poll(&f.device, &url, &fetcher, Mode::Apply, &mut no_reboot).unwrap();
+    assert_eq!(rec.outcome, Outcome::Recalled, "{rec:?}");
+    assert_eq!(rec.running_recalled.as_deref(), Some("0.1.0"));
+    assert!(
+        rec.detail.starts_with(
+            "the channel recalls 0.1.0, the version this device runs; it never goes back"
+        ),
+        "{rec:?}"
+    );
+    assert!(
+        rec.detail
+            .ends_with("up to date: running 0.1.0, the channel offers 0.0.9"),
+        "{rec:?}"
+    );
+    assert_eq!(
+        UpdateState::load(&f.device.state_dir).unwrap(),
+        UpdateState::default()
+    );
+    assert!(server.requests().iter().all(|r| r.path != "/old.basalt"));
+    let status = crate::update::status(&f.device).unwrap();
+    assert_eq!(
+        status.poll.as_ref().unwrap().running_recalled.as_deref(),
+        Some("0.1.0")
+    );
+    assert!(
+        status
+            .human()
+            .contains("RECALLED: the channel recalls 0.1.0, the version this device runs"),
+        "{}",
+        status.human()
+    );
+}
+
+#[test]
+fn a_poll_outside_the_rollout_downloads_nothing() {
+    let f = fixture();
+    let server = TestServer::start();
+    let url: HttpUrl = server.url("/c").parse().unwrap();
+    let fetcher = Fetcher::new(crate::fetch::tests::quick()).unwrap();
+    server.route(
+        "/b.basalt",
+        bundle(&f.key, "0.2.0", b"root", false),
+        Behaviour::Serve,
+    );
+    let bucket = Bucket::of(
+        f.device.node_id.as_ref().unwrap(),
+        &"0.2.0".parse().unwrap(),
+    );
+    let below = Percent::from_hundredths(bucket.hundredths()).unwrap();
+    server.route(
+        "/c/x86_64-uefi.json",
+        channel_doc_with(
+            "0.2.0",
+            "/b.basalt",
+            &format!(r#""rollout":{{"percent":{}}}"#, below.to_json()),
+        ),
+        Behaviour::Serve,
+    );
+    let mut no_reboot = || -> Result<(), String> { panic!("held back") };
+    let rec = poll(&f.device, &url, &fetcher, Mode::Apply, &mut no_reboot).unwrap();
+    assert_eq!(rec.outcome, Outcome::Held, "{rec:?}");
+    assert_eq!(
+        rec.detail,
+        format!("not taking 0.2.0: rollout at {below} %: this node's bucket is {bucket}")
+    );
+    assert!(server.requests().iter().all(|r| r.path != "/b.basalt"));
+
+    // One hundredth more, and this node is in.
+    let above = Percent::from_hundredths(bucket.hundredths() + 1).unwrap();
+    server.route(
+        "/c/x86_64-uefi.json",
+        channel_doc_with(
+            "0.2.0",
+            "/b.basalt",
+            &format!(r#""rollout":{{"percent":{}}}"#, above.to_json()),
+        ),
+        Behaviour::Serve,
+    );
+    let rec = poll(&f.device, &url, &fetcher, Mode::StageOnly, &mut no_reboot).unwrap();
+    assert_eq!(rec.outcome, Outcome::Staged, "{rec:?}");
 }
