@@ -11,8 +11,9 @@
 //! through [`Channel::parse`], the device's own reader, before it is written.
 
 use basalt_formats::bundle::stream::{BundleError, BundleReader};
+use basalt_formats::bundle::Manifest;
 use basalt_formats::channel::rollout::Percent;
-use basalt_formats::channel::{Channel, ChannelFile, RolloutFile, CHANNEL_FORMAT};
+use basalt_formats::channel::{Channel, ChannelFile, DeltaFile, RolloutFile, CHANNEL_FORMAT};
 use basalt_formats::BoardId;
 use serde::Serialize;
 use std::fs::File;
@@ -31,6 +32,8 @@ pub enum ChannelCmdError {
     Bundle { path: PathBuf, error: BundleError },
     #[error("--recall {version}: that is the bundle's own version; a channel cannot offer a version and recall it")]
     RecallsItself { version: semver::Version },
+    #[error("--delta {path}: {reason}")]
+    Delta { path: PathBuf, reason: String },
     #[error("--bundle-url: {reason}")]
     BundleUrl { reason: String },
     #[error("{path}: the bundle cannot be named relative to {dir}: {reason}; give --bundle-url")]
@@ -66,6 +69,9 @@ pub struct ChannelOptions {
     pub percent: Option<Percent>,
     /// Versions to recall.
     pub recall: Vec<semver::Version>,
+    /// Delta bundles of the same version (`basalt bundle --delta-from`),
+    /// named relative to `out` in the documents.
+    pub deltas: Vec<PathBuf>,
     /// The bundle's URL as written in the documents (absolute, or relative
     /// to them); by default its path relative to `out`.
     pub bundle_url: Option<String>,
@@ -97,17 +103,13 @@ fn check_base(board: BoardId) -> String {
 
 /// Writes the channel's documents for `opts.bundle`. See the module docs.
 pub fn channel(opts: &ChannelOptions) -> Result<ChannelOutcome> {
-    let file = File::open(&opts.bundle).map_err(io_at(&opts.bundle))?;
-    let size = file.metadata().map_err(io_at(&opts.bundle))?.len();
-    let bundle_err = |error| ChannelCmdError::Bundle {
-        path: opts.bundle.clone(),
-        error,
-    };
-    let manifest = BundleReader::new(BufReader::new(file))
-        .and_then(|r| r.without_verification())
-        .map_err(bundle_err)?
-        .manifest()
-        .clone();
+    let (manifest, size) = read_manifest(&opts.bundle)?;
+    if manifest.is_delta() {
+        return Err(ChannelCmdError::Delta {
+            path: opts.bundle.clone(),
+            reason: "is a delta bundle; give the full bundle, and the delta with --delta".into(),
+        });
+    }
 
     let mut recalled: Vec<semver::Version> = Vec::new();
     for v in &opts.recall {
@@ -129,6 +131,40 @@ pub fn channel(opts: &ChannelOptions) -> Result<ChannelOutcome> {
         None => relative_reference(&opts.out, &opts.bundle)?,
     };
 
+    let mut deltas: Vec<(Vec<BoardId>, DeltaFile)> = Vec::new();
+    for path in &opts.deltas {
+        let (m, size) = read_manifest(path)?;
+        let refuse = |reason: String| ChannelCmdError::Delta {
+            path: path.clone(),
+            reason,
+        };
+        let Some(from) = m.base_version.clone() else {
+            return Err(refuse(
+                "is a full bundle, not a delta (made without --delta-from)".into(),
+            ));
+        };
+        if m.name != manifest.name || m.version.cmp_precedence(&manifest.version).is_ne() {
+            return Err(refuse(format!(
+                "is a delta to {} {}, but the channel offers {} {}",
+                m.name, m.version, manifest.name, manifest.version
+            )));
+        }
+        if deltas
+            .iter()
+            .any(|(_, d)| d.from.cmp_precedence(&from).is_eq())
+        {
+            return Err(refuse(format!("another --delta is also from {from}")));
+        }
+        deltas.push((
+            m.boards.clone(),
+            DeltaFile {
+                from,
+                bundle: relative_reference(&opts.out, path)?,
+                size: Some(size),
+            },
+        ));
+    }
+
     let mut documents = Vec::new();
     for &board in &manifest.boards {
         let path = opts.out.join(format!("{board}.json"));
@@ -142,6 +178,11 @@ pub fn channel(opts: &ChannelOptions) -> Result<ChannelOutcome> {
                 percent: p.to_json(),
             }),
             recalled: recalled.iter().map(|v| v.to_string()).collect(),
+            deltas: deltas
+                .iter()
+                .filter(|(boards, _)| boards.contains(&board))
+                .map(|(_, d)| d.clone())
+                .collect(),
         };
         let mut bytes = serde_json::to_vec_pretty(&document).expect("serialises");
         bytes.push(b'\n');
@@ -182,6 +223,21 @@ pub fn channel(opts: &ChannelOptions) -> Result<ChannelOutcome> {
         bundle: opts.bundle.clone(),
         documents,
     })
+}
+
+/// A bundle's manifest (signatures not checked) and the bundle's size.
+fn read_manifest(path: &Path) -> Result<(Manifest, u64)> {
+    let file = File::open(path).map_err(io_at(path))?;
+    let size = file.metadata().map_err(io_at(path))?.len();
+    let manifest = BundleReader::new(BufReader::new(file))
+        .and_then(|r| r.without_verification())
+        .map_err(|error| ChannelCmdError::Bundle {
+            path: path.to_path_buf(),
+            error,
+        })?
+        .manifest()
+        .clone();
+    Ok((manifest, size))
 }
 
 /// The document already at `path`, when there is one that reads.
@@ -272,6 +328,17 @@ impl ChannelOutcome {
                     format!(", recalls {}", d.recalled.join(", "))
                 }
             );
+            for delta in &d.deltas {
+                out += &format!(
+                    "  delta for devices running {}: {}{}\n",
+                    delta.from,
+                    delta.bundle,
+                    delta
+                        .size
+                        .map(|s| format!(" ({s} bytes)"))
+                        .unwrap_or_default()
+                );
+            }
             for r in &w.dropped_recalls {
                 out += &format!(
                     "note: {} recalled {r} before; it no longer does (add --recall {r} to keep it)\n",
@@ -294,6 +361,12 @@ mod tests {
 
     /// A small signed bundle of `version` for `boards`.
     fn write_bundle(path: &Path, version: &str, boards: &[BoardId]) {
+        write_bundle_from(path, version, boards, None)
+    }
+
+    /// [`write_bundle`], as a delta from `base` when given (the payloads
+    /// are not real deltas: only the manifest is read here).
+    fn write_bundle_from(path: &Path, version: &str, boards: &[BoardId], base: Option<&str>) {
         let parts: Vec<(PayloadName, Vec<u8>)> = PayloadName::ALL
             .iter()
             .map(|n| (*n, format!("{n} of {version}").into_bytes()))
@@ -313,8 +386,15 @@ mod tests {
             payloads: parts
                 .iter()
                 .zip(&compressed)
-                .map(|((name, raw), c)| Payload::zstd(*name, raw, c))
+                .map(|((name, raw), c)| Payload {
+                    base: base.map(|_| basalt_formats::bundle::PayloadBase {
+                        size: 1,
+                        sha256: basalt_formats::bundle::Sha256Digest::of(b"x"),
+                    }),
+                    ..Payload::zstd(*name, raw, c)
+                })
                 .collect(),
+            base_version: base.map(|b| b.parse().unwrap()),
         };
         let bytes = manifest.to_bytes();
         let sigs = Signatures(vec![SignatureEntry::sign(
@@ -335,7 +415,84 @@ mod tests {
             percent: None,
             recall: Vec::new(),
             bundle_url: None,
+            deltas: Vec::new(),
         }
+    }
+
+    #[test]
+    fn deltas_are_listed_for_their_boards() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        write_bundle(
+            &p("full.basalt"),
+            "0.4.0",
+            &[BoardId::X86_64Uefi, BoardId::Arm64Uefi],
+        );
+        write_bundle_from(
+            &p("d1.basalt"),
+            "0.4.0",
+            &[BoardId::X86_64Uefi],
+            Some("0.3.0"),
+        );
+        write_bundle_from(
+            &p("d2.basalt"),
+            "0.4.0",
+            &[BoardId::X86_64Uefi, BoardId::Arm64Uefi],
+            Some("0.3.1"),
+        );
+        let out = p("www");
+        let done = channel(&ChannelOptions {
+            deltas: vec![p("d1.basalt"), p("d2.basalt")],
+            ..opts(&p("full.basalt"), &out)
+        })
+        .unwrap();
+        let x86 = Channel::parse(
+            "https://u.example/c/x86_64-uefi.json",
+            &std::fs::read(out.join("x86_64-uefi.json")).unwrap(),
+        )
+        .unwrap();
+        let d = x86.delta_for(&"0.3.0".parse().unwrap()).unwrap();
+        assert_eq!(d.bundle.as_str(), "https://u.example/d1.basalt");
+        assert_eq!(
+            d.size,
+            Some(std::fs::metadata(p("d1.basalt")).unwrap().len())
+        );
+        assert!(x86.delta_for(&"0.3.1".parse().unwrap()).is_some());
+        let arm = &done.documents[1].document;
+        assert_eq!(arm.board, BoardId::Arm64Uefi);
+        assert_eq!(arm.deltas.len(), 1, "{arm:?}");
+        assert!(
+            done.render()
+                .contains("delta for devices running 0.3.0: ../d1.basalt ("),
+            "{}",
+            done.render()
+        );
+
+        let refused = |deltas: &[&str], bundle: &str| {
+            channel(&ChannelOptions {
+                deltas: deltas.iter().map(|d| p(d)).collect(),
+                ..opts(&p(bundle), &out)
+            })
+            .unwrap_err()
+            .to_string()
+        };
+        write_bundle_from(
+            &p("d3.basalt"),
+            "0.5.0",
+            &[BoardId::X86_64Uefi],
+            Some("0.4.0"),
+        );
+        let e = refused(&["d3.basalt"], "full.basalt");
+        assert!(
+            e.contains("is a delta to demo 0.5.0, but the channel offers demo 0.4.0"),
+            "{e}"
+        );
+        let e = refused(&["full.basalt"], "full.basalt");
+        assert!(e.contains("is a full bundle, not a delta"), "{e}");
+        let e = refused(&["d1.basalt", "d1.basalt"], "full.basalt");
+        assert!(e.contains("another --delta is also from 0.3.0"), "{e}");
+        let e = refused(&[], "d1.basalt");
+        assert!(e.contains("is a delta bundle; give the full bundle"), "{e}");
     }
 
     #[test]

@@ -292,7 +292,7 @@ enum BundleCommand {
     /// place first, then write the documents. Each document is replaced in
     /// one step.
     #[command(
-        after_help = "Examples:\n  basalt channel www/stable/appliance-0.3.0-x86_64-uefi.basalt --out www/stable --percent 10\n  basalt channel www/stable/appliance-0.3.0-x86_64-uefi.basalt --out www/stable --percent 50\n  basalt channel www/stable/appliance-0.3.0-x86_64-uefi.basalt --out www/stable            # every device\n  basalt channel www/stable/appliance-0.3.1-x86_64-uefi.basalt --out www/stable --recall 0.3.0 --json\n  basalt channel update.basalt --out www/beta --bundle-url https://cdn.example/update.basalt"
+        after_help = "Examples:\n  basalt channel www/stable/appliance-0.3.0-x86_64-uefi.basalt --out www/stable --percent 10\n  basalt channel www/stable/appliance-0.3.0-x86_64-uefi.basalt --out www/stable --percent 50\n  basalt channel www/stable/appliance-0.3.0-x86_64-uefi.basalt --out www/stable            # every device\n  basalt channel www/stable/appliance-0.3.1-x86_64-uefi.basalt --out www/stable --recall 0.3.0 --json\n  basalt channel update.basalt --out www/beta --bundle-url https://cdn.example/update.basalt\n  basalt channel www/stable/appliance-0.3.1-x86_64-uefi.basalt --out www/stable --delta www/stable/appliance-0.3.1-x86_64-uefi.from-0.3.0.basalt"
     )]
     Channel {
         /// The bundle (.basalt) the channel offers.
@@ -309,6 +309,9 @@ enum BundleCommand {
         /// The bundle's URL in the documents: http(s)://, or relative to them [default: its path relative to DIR].
         #[arg(long, value_name = "URL")]
         bundle_url: Option<String>,
+        /// A delta bundle of the same version (basalt bundle --delta-from), for devices running its base version; they fall back to the full bundle by themselves. Repeat for several.
+        #[arg(long, value_name = "DELTA.basalt")]
+        delta: Vec<PathBuf>,
         /// Print what was written as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -697,6 +700,7 @@ fn run_bundle_command(command: BundleCommand) -> Result<()> {
             percent,
             recall,
             bundle_url,
+            delta,
             json,
         } => {
             let done = channel_cmd::channel(&channel_cmd::ChannelOptions {
@@ -705,6 +709,7 @@ fn run_bundle_command(command: BundleCommand) -> Result<()> {
                 percent,
                 recall,
                 bundle_url,
+                deltas: delta,
             })?;
             if json {
                 print_json(&done)?;

@@ -14,7 +14,10 @@
 //!   "bundle": "appliance-0.2.0-x86_64-uefi.basalt",
 //!   "size": 734003200,
 //!   "rollout": { "percent": 25 },
-//!   "recalled": ["0.1.3"]
+//!   "recalled": ["0.1.3"],
+//!   "deltas": [
+//!     { "from": "0.1.2", "bundle": "appliance-0.2.0-x86_64-uefi.from-0.1.2.basalt", "size": 2097152 }
+//!   ]
 //! }
 //! ```
 //!
@@ -27,6 +30,7 @@
 //! | `size` | optional, the bundle's size in bytes, for logs and progress |
 //! | `rollout.percent` | optional, the share of devices that take `version` now: 0–100, at most two decimal places; 100 when `rollout` is absent. Which devices is decided by each device from its node id ([`rollout`]) |
 //! | `recalled` | optional, versions (semver) no device installs, and none keeps staged or armed; it must not hold `version` itself |
+//! | `deltas` | optional, delta bundles of `version` (`basalt bundle --delta-from`): each `from` (the version it was made from, below `version`, each listed once), `bundle` (resolved like the full one) and optional `size`. A device running `from` takes the delta, and falls back to the full `bundle` by itself when its slot is not the delta's base |
 //!
 //! Unknown keys are errors. `rollout` and `recalled` are optional, so a
 //! document without them reads as it always has and `format` stays 1; an
@@ -71,6 +75,27 @@ pub struct ChannelFile {
     /// As written; each must be a semver version.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recalled: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<DeltaFile>,
+}
+
+/// One of `deltas` as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaFile {
+    pub from: semver::Version,
+    pub bundle: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// A delta bundle of the channel's version, for devices running `from`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Delta {
+    pub from: semver::Version,
+    /// Resolved against the document's URL.
+    pub bundle: HttpUrl,
+    pub size: Option<u64>,
 }
 
 /// `rollout` as written.
@@ -94,6 +119,8 @@ pub struct Channel {
     pub rollout: Percent,
     /// Versions no device installs, nor keeps staged or armed. Never holds `version`.
     pub recalled: Vec<semver::Version>,
+    /// Delta bundles of `version`, at most one per `from`.
+    pub deltas: Vec<Delta>,
 }
 
 /// A channel document that cannot be used. Names the document.
@@ -179,6 +206,34 @@ impl Channel {
             }
             recalled.push(v);
         }
+        let mut deltas: Vec<Delta> = Vec::with_capacity(file.deltas.len());
+        for (i, d) in file.deltas.iter().enumerate() {
+            if !d.from.cmp_precedence(&file.version).is_lt() {
+                return Err(invalid(
+                    format!("deltas[{i}].from"),
+                    format!(
+                        "{} is not below the document's version {}",
+                        d.from, file.version
+                    ),
+                ));
+            }
+            if let Some(j) = deltas
+                .iter()
+                .position(|o| o.from.cmp_precedence(&d.from).is_eq())
+            {
+                return Err(invalid(
+                    format!("deltas[{i}].from"),
+                    format!("{} is listed twice (also deltas[{j}])", d.from),
+                ));
+            }
+            let bundle = resolve(url, &d.bundle)
+                .map_err(|reason| invalid(format!("deltas[{i}].bundle"), reason))?;
+            deltas.push(Delta {
+                from: d.from.clone(),
+                bundle,
+                size: d.size,
+            });
+        }
         Ok(Channel {
             board: file.board,
             version: file.version,
@@ -186,7 +241,15 @@ impl Channel {
             size: file.size,
             rollout,
             recalled,
+            deltas,
         })
+    }
+
+    /// The delta bundle for a device running `running`, if the channel has one.
+    pub fn delta_for(&self, running: &semver::Version) -> Option<&Delta> {
+        self.deltas
+            .iter()
+            .find(|d| d.from.cmp_precedence(running).is_eq())
     }
 
     /// Whether the channel recalls `version` (by semver precedence, so build
@@ -310,6 +373,51 @@ mod tests {
     }
 
     #[test]
+    fn deltas_per_base_version() {
+        let c = Channel::parse(
+            DOC,
+            br#"{"format":1,"board":"x86_64-uefi","version":"0.3.0","bundle":"full.basalt",
+                 "deltas":[{"from":"0.2.0","bundle":"d.from-0.2.0.basalt","size":99},
+                           {"from":"0.1.0","bundle":"https://cdn.example/d1.basalt"}]}"#,
+        )
+        .unwrap();
+        let d = c.delta_for(&"0.2.0".parse().unwrap()).unwrap();
+        assert_eq!(
+            d.bundle.as_str(),
+            "https://updates.example/stable/d.from-0.2.0.basalt"
+        );
+        assert_eq!(d.size, Some(99));
+        assert_eq!(
+            c.delta_for(&"0.1.0".parse().unwrap())
+                .unwrap()
+                .bundle
+                .as_str(),
+            "https://cdn.example/d1.basalt"
+        );
+        assert!(c.delta_for(&"0.2.1".parse().unwrap()).is_none());
+        let bad = |deltas: &str, expect: &str| {
+            let doc = format!(
+                r#"{{"format":1,"board":"x86_64-uefi","version":"0.3.0","bundle":"f.basalt","deltas":{deltas}}}"#
+            );
+            let e = Channel::parse(DOC, doc.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains(expect), "{e}");
+        };
+        bad(
+            r#"[{"from":"0.3.0","bundle":"d"}]"#,
+            "deltas[0].from: 0.3.0 is not below the document's version 0.3.0",
+        );
+        bad(
+            r#"[{"from":"0.2.0","bundle":"d"},{"from":"0.2.0","bundle":"e"}]"#,
+            "deltas[1].from: 0.2.0 is listed twice (also deltas[0])",
+        );
+        bad(r#"[{"from":"0.2.0","bundle":""}]"#, "deltas[0].bundle:");
+        bad(
+            r#"[{"from":"0.2.0","bundle":"d","sha":"x"}]"#,
+            "unknown field `sha`",
+        );
+    }
+
+    #[test]
     fn a_document_without_rollout_or_recalls_is_for_everyone() {
         let c = Channel::parse(
             DOC,
@@ -370,6 +478,7 @@ mod tests {
                 percent: "33.33".parse::<Percent>().unwrap().to_json(),
             }),
             recalled: vec!["1.1.0".into()],
+            deltas: vec![],
         };
         let text = serde_json::to_string(&file).unwrap();
         assert!(text.contains(r#""rollout":{"percent":33.33}"#), "{text}");

@@ -487,16 +487,49 @@ fn poll_inner(
                     .map(|s| format!("{s} bytes"))
                     .unwrap_or_else(|| "size not given".into())
             );
-            check_bundle(fetcher.open(&bundle)?, device)?;
-            let report = stage(fetcher.open(&bundle)?, device)?;
+            let mut how = String::new();
+            let delta = doc.delta_for(&device.release.version).and_then(|d| {
+                info!(
+                    "update poll: the channel has a delta from {} ({}); checking {}",
+                    d.from,
+                    d.size
+                        .map(|s| format!("{s} bytes"))
+                        .unwrap_or_else(|| "size not given".into()),
+                    d.bundle
+                );
+                match check_and_stage(fetcher, d.bundle.as_str(), device) {
+                    Ok(report) => {
+                        how = format!(" from the delta from {}", d.from);
+                        Some(report)
+                    }
+                    Err(e) => {
+                        // The full bundle is the answer to any delta that
+                        // does not fit: another base, a damaged or missing
+                        // file. Its own errors are the poll's.
+                        warn!(
+                            "update poll: the delta from {} did not stage ({e}); taking the full bundle",
+                            d.from
+                        );
+                        how = format!(
+                            " from the full bundle (the delta from {} did not stage: {e})",
+                            d.from
+                        );
+                        None
+                    }
+                }
+            });
+            let report = match delta {
+                Some(report) => report,
+                None => check_and_stage(fetcher, &bundle, device)?,
+            };
             info!(
-                "update poll: staged {} in slot {}",
+                "update poll: staged {} in slot {}{how}",
                 report.bundle_version, report.target_slot
             );
             if mode == Mode::StageOnly {
                 return Ok(with_notes(
                     Outcome::Staged,
-                    format!("staged {version} in slot {target}; not applied (--no-apply)"),
+                    format!("staged {version} in slot {target}{how}; not applied (--no-apply)"),
                 ));
             }
             version
@@ -515,6 +548,16 @@ fn poll_inner(
         Outcome::Applied,
         format!("{version} armed in slot {target}; rebooting into it"),
     ))
+}
+
+/// Checks the bundle at `url` (its head only), then stages it.
+fn check_and_stage(
+    fetcher: &Fetcher,
+    url: &str,
+    device: &Device,
+) -> Result<super::CheckReport, PollError> {
+    check_bundle(fetcher.open(url)?, device)?;
+    Ok(stage(fetcher.open(url)?, device)?)
 }
 
 #[cfg(test)]

@@ -398,7 +398,7 @@ fn a_truncated_download_is_refused_and_the_running_slot_untouched() {
     ));
 }
 
-fn noise(seed: u32, len: usize) -> Vec<u8> {
+pub(crate) fn noise(seed: u32, len: usize) -> Vec<u8> {
     let mut x = seed.max(1);
     (0..len)
         .map(|_| {
@@ -411,7 +411,7 @@ fn noise(seed: u32, len: usize) -> Vec<u8> {
 }
 
 /// A delta bundle of `new` payloads made against `bases`, from `base_version`.
-fn delta_bundle(
+pub(crate) fn delta_bundle(
     key: &SecretKey,
     version: &str,
     base_version: &str,
@@ -454,7 +454,7 @@ fn delta_bundle(
 }
 
 /// The fixture's running slot A holding `rootfs`, and its kernel and initrd on the ESP.
-fn running(f: &Fixture, rootfs: &[u8]) -> Vec<Vec<u8>> {
+pub(crate) fn running(f: &Fixture, rootfs: &[u8]) -> Vec<Vec<u8>> {
     let mut slot = vec![0u8; 1 << 20];
     slot[..rootfs.len()].copy_from_slice(rootfs);
     std::fs::write(&f.device.slot_devices[0].1, &slot).unwrap();

@@ -12,6 +12,15 @@ use std::time::Duration;
 
 /// The debug image at another version, with extra built-in or path overlays.
 pub(crate) fn version_image(version: &str, extra_overlay: Option<&Path>) -> Built {
+    version_image_with(version, extra_overlay, &[])
+}
+
+/// [`version_image`] with extra Debian packages.
+pub(crate) fn version_image_with(
+    version: &str,
+    extra_overlay: Option<&Path>,
+    packages: &[&str],
+) -> Built {
     cached_image(&format!("debug-x86_64-{version}"), || {
         let dir = work_dir().join(format!("specs/update-{version}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -20,9 +29,15 @@ pub(crate) fn version_image(version: &str, extra_overlay: Option<&Path>) -> Buil
         if let Some(o) = extra_overlay {
             overlays += &format!("  - {}\n", o.display());
         }
+        let mut package_list = "  - sudo\n".to_string();
+        for p in packages {
+            package_list += &format!("  - {p}\n");
+        }
         let spec = basalt::assets::DEFAULT_SPEC
             .replace("version: 0.1.0", &format!("version: {version}"))
-            .replace("  - base\n", &overlays);
+            .replace("  - base\n", &overlays)
+            .replace("  - sudo\n", &package_list);
+        assert!(packages.iter().all(|p| spec.contains(&format!("  - {p}\n"))));
         std::fs::write(dir.join("spec.yaml"), spec).unwrap();
         build_image(&options(
             BoardId::X86_64Uefi,
@@ -38,6 +53,7 @@ pub(crate) fn make_bundle(image: &Path, key: &Path, out: &Path) -> PathBuf {
         key: key.to_path_buf(),
         min_version: None,
         out: Some(out.to_path_buf()),
+        delta_from: None,
         created: 1_700_000_000,
     })
     .unwrap_or_else(|e| panic!("bundling {}: {e:#}", image.display()));
@@ -245,4 +261,129 @@ fn x86_64_update_refusals_commit_and_rollback() {
         "kept"
     );
     assert_eq!(vm.run_ok("cat /etc/machine-id", t).unwrap(), machine_id);
+}
+
+/// The size of `path` in bytes.
+fn size(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+#[test]
+fn x86_64_delta_update_for_a_one_package_change() {
+    if qemu_opted_out() {
+        eprintln!("BASALT_SKIP_QEMU=1: not booting the delta update test");
+        return;
+    }
+    let work = work_dir().join("delta");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("keys")).unwrap();
+    let release = bundle_cmd::keygen(&work.join("keys/release")).unwrap();
+    let key = work.join("keys/release.key");
+    let v1 = debug_image(BoardId::X86_64Uefi);
+    // One package more than 0.1.0 (less), and a new version.
+    let v2 = version_image_with("0.1.1", None, &["less"]);
+    let full = make_bundle(&v2.image, &key, &work.join("full.basalt"));
+    let delta = bundle_cmd::bundle(&bundle_cmd::BundleOptions {
+        image: v2.image.clone(),
+        key: key.clone(),
+        min_version: None,
+        out: Some(work.join("delta.basalt")),
+        delta_from: Some(v1.image.clone()),
+        created: 1_700_000_000,
+    })
+    .unwrap_or_else(|e| panic!("delta bundle: {e:#}"));
+    let (full_size, delta_size) = (size(&full), size(&delta.bundle));
+    eprintln!(
+        "delta: one-package change 0.1.0 -> 0.1.1: full bundle {full_size} bytes, delta {delta_size} bytes ({:.2} %)",
+        100.0 * delta_size as f64 / full_size as f64
+    );
+    assert!(
+        delta_size * 5 <= full_size,
+        "the delta ({delta_size} bytes) is more than a fifth of the full bundle ({full_size})"
+    );
+    let rootfs = delta
+        .manifest
+        .payload(basalt_formats::bundle::PayloadName::Rootfs)
+        .unwrap()
+        .clone();
+    stick(&work.join("stick.img"), &[delta.bundle.clone(), full.clone()]);
+
+    let mut cfg = vm_config(BoardId::X86_64Uefi, &v1.image, "x86_64-delta");
+    std::fs::create_dir_all(&cfg.state_dir).unwrap();
+    let cidata = cfg.state_dir.join("cidata.img");
+    cidata_image(
+        &cidata,
+        &format!(
+            "#cloud-config\nhostname: delta\nbasalt:\n  version: 1\n  update:\n    channel: http://updates.invalid/\n    trusted_keys: [\"{}\"]\n",
+            release.public_key
+        ),
+        "instance-id: iid-delta\n",
+    );
+    cfg.extra_args = extra_disk("cidata", &cidata);
+    cfg.extra_args.extend(extra_disk("stick", &work.join("stick.img")));
+
+    let t = Duration::from_secs(60);
+    let long = Duration::from_secs(600);
+    let (mut vm, line) = boot_to_ready(&cfg);
+    assert!(line.contains("version=0.1.0"), "{line}");
+    vm.wait_for("login:", t)
+        .or_else(|_| vm.wait_for("root@delta", t))
+        .unwrap();
+    vm.run_ok("mkdir -p /run/stick && mount -o ro /dev/vdc /run/stick", t)
+        .unwrap();
+    let (status, _) = vm.run("command -v less", t).unwrap();
+    assert_ne!(status, 0, "0.1.0 already has less");
+    let check = vm
+        .run_ok("basalt-agent update check /run/stick/delta.basalt", long)
+        .unwrap();
+    assert!(check.contains("delta from 0.1.0"), "{check}");
+    let started = std::time::Instant::now();
+    vm.run_ok("basalt-agent update stage /run/stick/delta.basalt", long)
+        .unwrap();
+    eprintln!(
+        "delta: staged in {:.1} s (QEMU TCG)",
+        started.elapsed().as_secs_f64()
+    );
+    // The slot the delta made is the full bundle's, byte for byte.
+    let sum = vm
+        .run_ok(
+            &format!(
+                "head -c {} /dev/disk/by-partlabel/root-b | sha256sum",
+                rootfs.size
+            ),
+            long,
+        )
+        .unwrap();
+    let full_manifest = basalt_formats::bundle::stream::BundleReader::new(
+        std::fs::File::open(&full).unwrap(),
+    )
+    .unwrap()
+    .without_verification()
+    .unwrap()
+    .manifest()
+    .clone();
+    let full_rootfs = full_manifest
+        .payload(basalt_formats::bundle::PayloadName::Rootfs)
+        .unwrap();
+    assert_eq!(full_rootfs.sha256, rootfs.sha256);
+    assert!(
+        sum.contains(&full_rootfs.sha256.to_string()),
+        "slot b: {sum}, the full bundle's root: {}",
+        full_rootfs.sha256
+    );
+    vm.run_ok("basalt-agent update apply", long).unwrap();
+    let mark = vm.mark();
+    vm.send("systemctl reboot\n").unwrap();
+    let line = vm
+        .wait_for_since(mark, "basalt-agent: ready", long)
+        .unwrap();
+    assert!(
+        line.contains("version=0.1.1") && line.contains("slot=b"),
+        "{line}"
+    );
+    vm.wait_for_since(mark, "login:", t)
+        .or_else(|_| vm.wait_for_since(mark, "root@delta", t))
+        .unwrap();
+    let less = vm.run_ok("less --version | head -1", t).unwrap();
+    assert!(less.contains("less "), "{less}");
 }

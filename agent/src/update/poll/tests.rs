@@ -1,6 +1,7 @@
 use super::*;
 use crate::fetch::test_server::{Behaviour, TestServer};
 use crate::update::tests::{bundle, entry, fixture};
+use basalt_formats::bundle::PayloadName;
 use basalt_formats::BoardId;
 
 fn channel(version: &str, board: BoardId) -> Channel {
@@ -11,6 +12,7 @@ fn channel(version: &str, board: BoardId) -> Channel {
         size: None,
         rollout: basalt_formats::channel::rollout::Percent::ALL,
         recalled: Vec::new(),
+        deltas: Vec::new(),
     }
 }
 
@@ -646,4 +648,84 @@ fn a_poll_outside_the_rollout_downloads_nothing() {
     );
     let rec = poll(&f.device, &url, &fetcher, Mode::StageOnly, &mut no_reboot).unwrap();
     assert_eq!(rec.outcome, Outcome::Staged, "{rec:?}");
+}
+
+#[test]
+fn a_poll_takes_the_delta_for_its_version_and_falls_back_to_the_full_bundle() {
+    use crate::update::tests::{delta_bundle, noise, running};
+    let f = fixture();
+    let old_root = noise(1, 400_000);
+    let bases = running(&f, &old_root);
+    let mut new_root = old_root.clone();
+    new_root.splice(200_000..200_000, noise(2, 3_000));
+    let parts = [
+        (PayloadName::Rootfs, new_root.clone()),
+        (PayloadName::Kernel, b"new kernel".to_vec()),
+        (PayloadName::Initrd, b"new initrd".to_vec()),
+    ];
+    let server = TestServer::start();
+    server.route(
+        "/c/full.basalt",
+        bundle(&f.key, "0.2.0", &new_root, false),
+        Behaviour::Serve,
+    );
+    let deltas =
+        r#""deltas":[{"from":"0.0.9","bundle":"old.basalt"},{"from":"0.1.0","bundle":"d.basalt"}]"#;
+    server.route(
+        "/c/x86_64-uefi.json",
+        channel_doc_with("0.2.0", "full.basalt", deltas),
+        Behaviour::Serve,
+    );
+    let url: HttpUrl = server.url("/c").parse().unwrap();
+    let fetcher = Fetcher::new(crate::fetch::tests::quick()).unwrap();
+    let fetched = |server: &TestServer, path: &str| {
+        server.requests().iter().filter(|r| r.path == path).count()
+    };
+
+    // The delta from the running version: the full bundle is never fetched.
+    server.route(
+        "/c/d.basalt",
+        delta_bundle(&f.key, "0.2.0", "0.1.0", &parts, &bases),
+        Behaviour::Serve,
+    );
+    let rec = poll(&f.device, &url, &fetcher, Mode::StageOnly, &mut || Ok(())).unwrap();
+    assert_eq!(rec.outcome, Outcome::Staged, "{rec:?}");
+    assert!(rec.detail.contains("from the delta from 0.1.0"), "{rec:?}");
+    assert_eq!(fetched(&server, "/c/full.basalt"), 0);
+    assert_eq!(fetched(&server, "/c/old.basalt"), 0);
+    let slot_b = std::fs::read(&f.device.slot_devices[1].1).unwrap();
+    assert!(slot_b[..new_root.len()] == new_root[..]);
+
+    // A delta made against other bytes than this device's: the full bundle.
+    let f = fixture();
+    let bases = running(&f, &old_root);
+    let mut other = bases.clone();
+    other[0][5] ^= 1;
+    server.route(
+        "/c/d.basalt",
+        delta_bundle(&f.key, "0.2.0", "0.1.0", &parts, &other),
+        Behaviour::Serve,
+    );
+    let rec = poll(&f.device, &url, &fetcher, Mode::StageOnly, &mut || Ok(())).unwrap();
+    assert_eq!(rec.outcome, Outcome::Staged, "{rec:?}");
+    assert!(
+        rec.detail
+            .contains("from the full bundle (the delta from 0.1.0 did not stage")
+            && rec.detail.contains("install the full bundle"),
+        "{rec:?}"
+    );
+    assert_eq!(
+        fetched(&server, "/c/full.basalt"),
+        2,
+        "head check, then stage"
+    );
+    let slot_b = std::fs::read(&f.device.slot_devices[1].1).unwrap();
+    assert!(slot_b[..new_root.len()] == new_root[..]);
+
+    // A delta that is missing on the server: the full bundle too.
+    let f = fixture();
+    running(&f, &old_root);
+    server.route("/c/d.basalt", Vec::new(), Behaviour::Status(404));
+    let rec = poll(&f.device, &url, &fetcher, Mode::StageOnly, &mut || Ok(())).unwrap();
+    assert!(rec.detail.contains("from the full bundle"), "{rec:?}");
 }
