@@ -11,6 +11,11 @@
 //! already compressed (squashfs and erofs compress their own blocks), with
 //! runs of text and zeros between them.
 //!
+//! Then the same root as a delta bundle against the root it replaces
+//! (`BASALT_BENCH_BASE`, such as the root of the previous build; or else the
+//! synthetic root with 2 MiB cut out and a few bytes changed): the delta's
+//! size and the time `stage` takes to rebuild the slot from the running one.
+//!
 //! Run: `cargo bench -p basalt-agent --bench stage` (`-- --runs N`, default 3;
 //! the median of each is compared). Files go to `BASALT_BENCH_DIR`, default
 //! the cargo target directory.
@@ -20,8 +25,8 @@ use basalt_agent::update::{self, Device};
 use basalt_formats::boot::BootInfo;
 use basalt_formats::bundle::stream::BundleWriter;
 use basalt_formats::bundle::{
-    Manifest, Payload, PayloadName, SecretKey, Sha256Digest, SignatureEntry, Signatures,
-    TrustPolicy, MANIFEST_FORMAT,
+    Manifest, Payload, PayloadBase, PayloadName, SecretKey, Sha256Digest, SignatureEntry,
+    Signatures, TrustPolicy, MANIFEST_FORMAT,
 };
 use basalt_formats::release::Release;
 use basalt_formats::spec::RootfsType;
@@ -90,21 +95,47 @@ fn synthetic_payload() -> Vec<u8> {
     out
 }
 
-/// Writes a signed bundle of `rootfs` (and a small kernel and initrd) to
-/// `path`; returns the compressed root payload's path for the pipeline.
-fn write_bundle(dir: &Path, key: &SecretKey, rootfs: &[u8]) -> (PathBuf, PathBuf) {
-    let parts: Vec<(PayloadName, Vec<u8>)> = vec![
-        (PayloadName::Rootfs, rootfs.to_vec()),
+/// The bench's kernel and initrd, the same in every version.
+fn boot_files() -> [(PayloadName, Vec<u8>); 2] {
+    [
         (PayloadName::Kernel, vec![0x4b; 8 << 20]),
         (PayloadName::Initrd, vec![0x49; 16 << 20]),
-    ];
+    ]
+}
+
+/// Writes a signed bundle of `rootfs` (and a small kernel and initrd) to
+/// `dir`, a delta against `base` (the root of 0.1.0) when given; returns its
+/// path and the compressed root payload's path for the pipeline.
+fn write_bundle(
+    dir: &Path,
+    key: &SecretKey,
+    rootfs: &[u8],
+    base: Option<&[u8]>,
+) -> (PathBuf, PathBuf) {
+    use basalt_formats::bundle::stream::delta;
+    let mut parts: Vec<(PayloadName, Vec<u8>)> = vec![(PayloadName::Rootfs, rootfs.to_vec())];
+    parts.extend(boot_files());
+    let bases: Vec<Option<Vec<u8>>> = match base {
+        Some(b) => std::iter::once(Some(b.to_vec()))
+            .chain(boot_files().into_iter().map(|(_, f)| Some(f)))
+            .collect(),
+        None => vec![None, None, None],
+    };
     let compressed: Vec<Vec<u8>> = parts
         .iter()
-        .map(|(_, raw)| {
-            let mut enc = zstd::stream::Encoder::new(Vec::new(), ZSTD_LEVEL).unwrap();
-            enc.include_checksum(true).unwrap();
-            enc.write_all(raw).unwrap();
-            enc.finish().unwrap()
+        .zip(&bases)
+        .map(|((_, raw), base)| match base {
+            Some(base) => {
+                let mut out = Vec::new();
+                delta::encode(base, &raw[..], &mut out, delta::DELTA_LEVEL, |_| ()).unwrap();
+                out
+            }
+            None => {
+                let mut enc = zstd::stream::Encoder::new(Vec::new(), ZSTD_LEVEL).unwrap();
+                enc.include_checksum(true).unwrap();
+                enc.write_all(raw).unwrap();
+                enc.finish().unwrap()
+            }
         })
         .collect();
     let manifest = Manifest {
@@ -118,13 +149,24 @@ fn write_bundle(dir: &Path, key: &SecretKey, rootfs: &[u8]) -> (PathBuf, PathBuf
         payloads: parts
             .iter()
             .zip(&compressed)
-            .map(|((name, raw), c)| Payload::zstd(*name, raw, c))
+            .zip(&bases)
+            .map(|(((name, raw), c), base)| Payload {
+                base: base.as_ref().map(|b| PayloadBase {
+                    size: b.len() as u64,
+                    sha256: Sha256Digest::of(b),
+                }),
+                ..Payload::zstd(*name, raw, c)
+            })
             .collect(),
-        base_version: None,
+        base_version: base.map(|_| semver::Version::new(0, 1, 0)),
     };
     let bytes = manifest.to_bytes();
     let sigs = Signatures(vec![SignatureEntry::sign(key, &bytes)]);
-    let bundle = dir.join("bench.basalt");
+    let bundle = dir.join(if base.is_some() {
+        "bench.from-0.1.0.basalt"
+    } else {
+        "bench.basalt"
+    });
     let file = std::fs::File::create(&bundle).unwrap();
     let mut w = BundleWriter::new(std::io::BufWriter::new(file), &bytes, &sigs).unwrap();
     for ((name, _), c) in parts.iter().zip(&compressed) {
@@ -218,12 +260,14 @@ fn main() {
         None => (synthetic_payload(), "synthetic, 512 MiB".to_string()),
     };
     let key = SecretKey::from_seed(&[9; 32]);
-    let (bundle, zst) = write_bundle(&dir, &key, &payload);
+    let (bundle, zst) = write_bundle(&dir, &key, &payload, None);
     let bundle_len = std::fs::metadata(&bundle).unwrap().len();
     let zst_len = std::fs::metadata(&zst).unwrap().len();
     let slot_len = (payload.len() as u64).next_multiple_of(1 << 20) + (64 << 20);
     let want = Sha256Digest::of(&payload).to_string();
     let payload_len = payload.len() as u64;
+    // Kept on disk for the delta runs, out of memory for the full ones.
+    std::fs::write(dir.join("payload"), &payload).unwrap();
     drop(payload);
     let cold = drop_caches();
     println!(
@@ -292,5 +336,67 @@ fn main() {
         mibs(s),
         mibs(p),
         p.as_secs_f64() / s.as_secs_f64()
+    );
+
+    // A delta of the same root against the one it replaces: the base is
+    // `BASALT_BENCH_BASE`, or the synthetic root with 2 MiB of a "package"
+    // cut out of the middle and a few small changes (so the new root is the
+    // base plus one package).
+    let payload = std::fs::read(dir.join("payload")).unwrap();
+    let base = match std::env::var_os("BASALT_BENCH_BASE") {
+        Some(b) => std::fs::read(&b).unwrap_or_else(|e| panic!("BASALT_BENCH_BASE {b:?}: {e}")),
+        None => {
+            let mut b = payload.clone();
+            let mid = b.len() / 2;
+            b.drain(mid..mid + (2 << 20));
+            for i in 1..16 {
+                let at = b.len() / 16 * i;
+                b[at] ^= 0x5a;
+            }
+            b
+        }
+    };
+    let t = Instant::now();
+    let (delta, _) = write_bundle(&dir, &key, &payload, Some(&base));
+    let made = t.elapsed();
+    let delta_len = std::fs::metadata(&delta).unwrap().len();
+    let mut delta_times = Vec::new();
+    for run in 0..runs {
+        let device = device(&dir, &key, slot_len);
+        let mut slot_a = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("slot-a"))
+            .unwrap();
+        slot_a.write_all(&base).unwrap();
+        drop(slot_a);
+        let boot = dir.join("esp/basalt/a");
+        std::fs::create_dir_all(&boot).unwrap();
+        for (name, bytes) in boot_files() {
+            let file = if name == PayloadName::Kernel {
+                "vmlinuz"
+            } else {
+                "initrd"
+            };
+            std::fs::write(boot.join(file), bytes).unwrap();
+        }
+        if cold {
+            drop_caches();
+        }
+        let t = Instant::now();
+        let source = basalt_agent::cli::open_source(&delta.display().to_string()).unwrap();
+        update::stage(source, &device).unwrap_or_else(|e| panic!("stage of the delta: {e}"));
+        let d = t.elapsed();
+        println!("delta run {run}: stage {:.2} s", d.as_secs_f64());
+        delta_times.push(d);
+    }
+    let d = median(delta_times);
+    println!(
+        "delta: bundle {:.2} MiB against the full {:.1} MiB ({:.2} %), made in {:.1} s; stage median {:.2} s against the full bundle's {:.2} s",
+        delta_len as f64 / MIB,
+        bundle_len as f64 / MIB,
+        100.0 * delta_len as f64 / bundle_len as f64,
+        made.as_secs_f64(),
+        d.as_secs_f64(),
+        s.as_secs_f64()
     );
 }

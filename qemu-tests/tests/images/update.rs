@@ -37,7 +37,9 @@ pub(crate) fn version_image_with(
             .replace("version: 0.1.0", &format!("version: {version}"))
             .replace("  - base\n", &overlays)
             .replace("  - sudo\n", &package_list);
-        assert!(packages.iter().all(|p| spec.contains(&format!("  - {p}\n"))));
+        assert!(packages
+            .iter()
+            .all(|p| spec.contains(&format!("  - {p}\n"))));
         std::fs::write(dir.join("spec.yaml"), spec).unwrap();
         build_image(&options(
             BoardId::X86_64Uefi,
@@ -306,7 +308,10 @@ fn x86_64_delta_update_for_a_one_package_change() {
         .payload(basalt_formats::bundle::PayloadName::Rootfs)
         .unwrap()
         .clone();
-    stick(&work.join("stick.img"), &[delta.bundle.clone(), full.clone()]);
+    stick(
+        &work.join("stick.img"),
+        &[delta.bundle.clone(), full.clone()],
+    );
 
     let mut cfg = vm_config(BoardId::X86_64Uefi, &v1.image, "x86_64-delta");
     std::fs::create_dir_all(&cfg.state_dir).unwrap();
@@ -320,7 +325,8 @@ fn x86_64_delta_update_for_a_one_package_change() {
         "instance-id: iid-delta\n",
     );
     cfg.extra_args = extra_disk("cidata", &cidata);
-    cfg.extra_args.extend(extra_disk("stick", &work.join("stick.img")));
+    cfg.extra_args
+        .extend(extra_disk("stick", &work.join("stick.img")));
 
     let t = Duration::from_secs(60);
     let long = Duration::from_secs(600);
@@ -354,14 +360,13 @@ fn x86_64_delta_update_for_a_one_package_change() {
             long,
         )
         .unwrap();
-    let full_manifest = basalt_formats::bundle::stream::BundleReader::new(
-        std::fs::File::open(&full).unwrap(),
-    )
-    .unwrap()
-    .without_verification()
-    .unwrap()
-    .manifest()
-    .clone();
+    let full_manifest =
+        basalt_formats::bundle::stream::BundleReader::new(std::fs::File::open(&full).unwrap())
+            .unwrap()
+            .without_verification()
+            .unwrap()
+            .manifest()
+            .clone();
     let full_rootfs = full_manifest
         .payload(basalt_formats::bundle::PayloadName::Rootfs)
         .unwrap();
