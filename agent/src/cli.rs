@@ -886,7 +886,21 @@ fn run_update(cmd: UpdateCommand) -> anyhow::Result<()> {
             print(json, &r, r.decision.clone());
         }
         UpdateCommand::Stage { source, json } => {
-            let r = update::stage(open_source(&source)?, &device).map_err(fail)?;
+            let r = if source == "-" {
+                update::stage(open_source(&source)?, &device)
+            } else if source.starts_with("http://") || source.starts_with("https://") {
+                let fetcher = crate::fetch::Fetcher::new(crate::fetch::FetchOptions::default())?;
+                update::stage_resumable(
+                    &update::UrlSource {
+                        fetcher: &fetcher,
+                        url: source.clone(),
+                    },
+                    &device,
+                )
+            } else {
+                update::stage_resumable(&update::FileSource(source.clone().into()), &device)
+            }
+            .map_err(fail)?;
             print(
                 json,
                 &r,

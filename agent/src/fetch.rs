@@ -236,6 +236,29 @@ impl Fetcher {
         }
     }
 
+    /// Opens a large body from byte `offset` on (a `Range` request), as
+    /// [`Fetcher::open`] does from the start; for going on with a download
+    /// that an earlier process began.
+    pub fn open_at(&self, url: &str, offset: u64) -> Result<Download, FetchError> {
+        if offset == 0 {
+            return self.open(url);
+        }
+        let mut d = Download {
+            fetcher: self.clone(),
+            url: url.to_string(),
+            response: None,
+            offset,
+            total: None,
+            validator: None,
+            failures: 0,
+        };
+        match d.request_rest() {
+            Ok(()) => Ok(d),
+            Err(e) if e.is_transient() => d.resume(e).map(|()| d),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A small body (a channel document, a cloud-config), whole, at most `limit` bytes.
     pub fn get_bytes(&self, url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
         let mut download = self.open(url)?;
@@ -366,6 +389,15 @@ impl Download {
         }
         log::warn!("{why}; resuming at byte {}", self.offset);
         std::thread::sleep(opts.backoff_before(self.failures + 1));
+        match self.request_rest() {
+            Err(e) if e.is_transient() => self.resume(e),
+            other => other,
+        }
+    }
+
+    /// Asks for the body from `offset` on: `Range`, `If-Range` when a
+    /// validator is known, and a `206` that starts there.
+    fn request_rest(&mut self) -> Result<(), FetchError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             RANGE,
@@ -376,11 +408,7 @@ impl Download {
         if let Some(v) = self.validator.as_ref().and_then(|v| v.parse().ok()) {
             headers.insert(IF_RANGE, v);
         }
-        let response = match self.fetcher.get(&self.url, headers) {
-            Ok(r) => r,
-            Err(e) if e.is_transient() => return self.resume(e),
-            Err(e) => return Err(e),
-        };
+        let response = self.fetcher.get(&self.url, headers)?;
         let resume_err = |reason: String| FetchError::Resume {
             url: self.url.clone(),
             offset: self.offset,
@@ -412,6 +440,9 @@ impl Download {
             }
             (None, Some(b)) => self.total = Some(b),
             _ => {}
+        }
+        if self.validator.is_none() {
+            self.validator = validator(response.headers());
         }
         self.response = Some(response);
         Ok(())

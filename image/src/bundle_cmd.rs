@@ -356,9 +356,9 @@ impl<T: Write> Write for Hashing<T> {
     }
 }
 
-/// Compresses `input` (read from `in_path`) into `out` with zstd, returning
-/// the payload entry. With a `base`, the payload is a delta against it
-/// ([`delta`]).
+/// Compresses `input` (read from `in_path`) into `out` with zstd, in
+/// independent frames that a device can resume at ([`delta`]), returning
+/// the payload entry. With a `base`, the payload is a delta against it.
 fn compress_payload(
     name: PayloadName,
     input: impl Read,
@@ -371,40 +371,20 @@ fn compress_payload(
     let mut input = Hashing::new(input);
     let w = io_at(out_path);
     let mut sink = Hashing::new(BufWriter::new(&mut *out));
-    if let Some(base) = base {
-        // Read errors come back through the encoder; tell them apart by
-        // whether the sink has taken everything read so far.
-        delta::encode(
-            base,
-            &mut input,
-            &mut sink,
-            delta::DELTA_LEVEL,
-            &mut progress,
-        )
-        .map_err(|e| BundleCmdError::Io {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+        .min(8);
+    let (level, threads) = match base {
+        Some(_) => (delta::DELTA_LEVEL, 0),
+        None => (ZSTD_LEVEL, threads),
+    };
+    delta::encode_frames(base, &mut input, &mut sink, level, threads, &mut progress).map_err(
+        |e| BundleCmdError::Io {
             path: in_path.to_path_buf(),
-            source: io::Error::new(e.kind(), format!("delta-compressing {name}: {e}")),
-        })?;
-    } else {
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1)
-            .min(8);
-        let mut enc = zstd::stream::Encoder::new(&mut sink, ZSTD_LEVEL).map_err(io_at(out_path))?;
-        enc.multithread(threads)
-            .and_then(|()| enc.include_checksum(true))
-            .map_err(io_at(out_path))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = input.read(&mut buf).map_err(io_at(in_path))?;
-            if n == 0 {
-                break;
-            }
-            enc.write_all(&buf[..n]).map_err(io_at(out_path))?;
-            progress(n as u64);
-        }
-        enc.finish().map_err(io_at(out_path))?;
-    }
+            source: io::Error::new(e.kind(), format!("compressing {name}: {e}")),
+        },
+    )?;
     sink.flush().map_err(w)?;
     Ok(Payload {
         name,
@@ -413,6 +393,7 @@ fn compress_payload(
         sha256: Sha256Digest::from_hasher(input.hash),
         compressed_size: sink.bytes,
         compressed_sha256: Sha256Digest::from_hasher(sink.hash),
+        frame_size: Some(delta::FRAME_SIZE as u64),
         base: base.map(|b| PayloadBase {
             size: b.len() as u64,
             sha256: Sha256Digest::of(b),

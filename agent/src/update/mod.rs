@@ -357,21 +357,93 @@ fn esp_file(name: PayloadName) -> &'static str {
     }
 }
 
+/// Where a bundle can be read again from any byte: a file, or a URL (a
+/// `Range` request). Staging from one can go on after an interruption.
+pub trait Reopen {
+    /// The bundle from byte `offset` on.
+    fn open_at(&self, offset: u64) -> Result<Box<dyn Read + '_>, UpdateError>;
+}
+
+/// A bundle in a file.
+#[derive(Debug, Clone)]
+pub struct FileSource(pub PathBuf);
+
+impl Reopen for FileSource {
+    fn open_at(&self, offset: u64) -> Result<Box<dyn Read + '_>, UpdateError> {
+        let mut f = std::fs::File::open(&self.0).map_err(io_err(self.0.display().to_string()))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(io_err(self.0.display().to_string()))?;
+        Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, f)))
+    }
+}
+
+/// A bundle at an `http(s)://` URL.
+#[derive(Debug, Clone)]
+pub struct UrlSource<'a> {
+    pub fetcher: &'a crate::fetch::Fetcher,
+    pub url: String,
+}
+
+impl Reopen for UrlSource<'_> {
+    fn open_at(&self, offset: u64) -> Result<Box<dyn Read + '_>, UpdateError> {
+        let d = self
+            .fetcher
+            .open_at(&self.url, offset)
+            .map_err(|e| UpdateError::Io {
+                what: self.url.clone(),
+                source: std::io::Error::other(e),
+            })?;
+        Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, d)))
+    }
+}
+
+/// Root file system bytes written between two records of how far staging
+/// got (each syncs the slot).
+pub const RESUME_EVERY: u64 = 32 << 20;
+
 /// `update stage`: writes the inactive slot from the bundle. See the module docs.
 pub fn stage(source: impl Read, device: &Device) -> Result<CheckReport, UpdateError> {
+    stage_with(Box::new(source), None, device)
+}
+
+/// [`stage`] from a source that can be read again from any byte: a stage of
+/// the same bundle that was interrupted (a dropped download, a power cut, a
+/// reboot) goes on from the last frame boundary it recorded, after checking
+/// the bundle's signatures again.
+pub fn stage_resumable(source: &dyn Reopen, device: &Device) -> Result<CheckReport, UpdateError> {
+    stage_with(source.open_at(0)?, Some(source), device)
+}
+
+fn stage_with(
+    source: Box<dyn Read + '_>,
+    reopen: Option<&dyn Reopen>,
+    device: &Device,
+) -> Result<CheckReport, UpdateError> {
     if device.tryboot.is_some() {
         return Err(UpdateError::Unsupported(
             "staging a bundle on a Raspberry Pi is not implemented yet (its kernel and initrd go to a FAT boot slot)".into(),
         ));
     }
     let policy = device.policy.as_ref().ok_or(UpdateError::NoTrust)?;
-    let mut payloads = BundleReader::new(source)?.verify(policy)?;
+    let head = BundleReader::new(source)?;
+    let manifest_sha256 = Sha256Digest::of(head.manifest_bytes()).to_string();
+    let payloads = head.verify(policy)?;
     let report = decide(payloads.manifest(), device)?;
     let mut bases = delta_bases(payloads.manifest(), device)?;
     let manifest = payloads.manifest().clone();
     let target = device.target();
     let version = manifest.version.to_string();
     let mut st = UpdateState::load(&device.state_dir).map_err(io_err("update state"))?;
+    let resume = match (reopen, st.get(target)) {
+        (
+            Some(_),
+            Some(SlotRecord::Writing {
+                version: v,
+                resume: Some(r),
+            }),
+        ) if *v == version && r.manifest_sha256 == manifest_sha256 => Some(r.clone()),
+        _ => None,
+    };
 
     // From here on the target slot is not bootable until apply.
     device
@@ -382,22 +454,54 @@ pub fn stage(source: impl Read, device: &Device) -> Result<CheckReport, UpdateEr
         target,
         SlotRecord::Writing {
             version: version.clone(),
+            resume: resume.clone(),
         },
     );
     st.write(&device.state_dir)
         .map_err(io_err("update state"))?;
 
+    let mut last_point = resume.clone();
     let result = (|| -> Result<(), UpdateError> {
         let dev_path = device.slot_device(target)?.to_path_buf();
+        let mut take_base = |name: PayloadName| {
+            let i = bases.iter().position(|(n, _)| *n == name)?;
+            Some(bases.swap_remove(i).1)
+        };
+        let mut payloads = match (&resume, reopen) {
+            (Some(r), Some(reopen)) => {
+                let name = manifest
+                    .payloads
+                    .get(r.payload)
+                    .map(|p| p.name)
+                    .ok_or_else(|| UpdateError::Unsupported(format!("no payload {}", r.payload)))?;
+                info!(
+                    "resuming slot {target} at byte {} of {name} ({} bytes into the bundle's member)",
+                    r.uncompressed, r.compressed
+                );
+                let inner =
+                    reopen.open_at(payloads.member_data_offset(r.payload) + r.compressed)?;
+                // Payloads before it were written before the interruption.
+                payloads.resume(
+                    inner,
+                    r.payload,
+                    r.compressed,
+                    r.uncompressed,
+                    take_base(name),
+                )?
+            }
+            _ => payloads,
+        };
         loop {
-            let base = payloads.peek().and_then(|next| {
-                let i = bases.iter().position(|(name, _)| *name == next.name)?;
-                Some(bases.swap_remove(i).1)
-            });
+            let base = payloads.peek().and_then(|next| take_base(next.name));
             let Some(mut p) = payloads.next_payload_from(base)? else {
                 break;
             };
             let payload = p.payload().clone();
+            let index = manifest
+                .payloads
+                .iter()
+                .position(|q| q.name == payload.name)
+                .expect("the payload is the manifest's");
             match payload.name {
                 PayloadName::Rootfs => {
                     let mut dev = std::fs::OpenOptions::new()
@@ -414,16 +518,25 @@ pub fn stage(source: impl Read, device: &Device) -> Result<CheckReport, UpdateEr
                             room,
                         });
                     }
-                    dev.seek(SeekFrom::Start(0))
+                    let start = p.boundary().map_or(0, |(_, u)| u);
+                    dev.seek(SeekFrom::Start(start))
                         .map_err(io_err(dev_path.display().to_string()))?;
                     info!(
-                        "writing {} bytes of root file system to {}",
-                        payload.size,
-                        dev_path.display()
+                        "writing {} bytes of root file system to {}{}",
+                        payload.size - start,
+                        dev_path.display(),
+                        if start > 0 {
+                            format!(" from byte {start}")
+                        } else {
+                            String::new()
+                        }
                     );
                     // A failed read is the bundle's (truncated, corrupt);
                     // a failed write is the slot device's.
+                    let write_err =
+                        || io_err(format!("writing slot {target} ({})", dev_path.display()));
                     let mut buf = vec![0u8; 1 << 20];
+                    let mut recorded = start;
                     loop {
                         let n = match p.read(&mut buf) {
                             Ok(0) => break,
@@ -431,10 +544,31 @@ pub fn stage(source: impl Read, device: &Device) -> Result<CheckReport, UpdateEr
                             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                             Err(e) => return Err(BundleError::from_io(e).into()),
                         };
-                        dev.write_all(&buf[..n]).map_err(io_err(format!(
-                            "writing slot {target} ({})",
-                            dev_path.display()
-                        )))?;
+                        dev.write_all(&buf[..n]).map_err(write_err())?;
+                        // Record how far it got, once the bytes are on the slot.
+                        match p.boundary() {
+                            Some((c, u)) if reopen.is_some() && u >= recorded + RESUME_EVERY => {
+                                dev.sync_data().map_err(write_err())?;
+                                let point = state::ResumePoint {
+                                    manifest_sha256: manifest_sha256.clone(),
+                                    payload: index,
+                                    compressed: c,
+                                    uncompressed: u,
+                                };
+                                st.set(
+                                    target,
+                                    SlotRecord::Writing {
+                                        version: version.clone(),
+                                        resume: Some(point.clone()),
+                                    },
+                                );
+                                st.write(&device.state_dir)
+                                    .map_err(io_err("update state"))?;
+                                last_point = Some(point);
+                                recorded = u;
+                            }
+                            _ => {}
+                        }
                     }
                     p.finish()?;
                     dev.sync_all()
@@ -481,6 +615,13 @@ pub fn stage(source: impl Read, device: &Device) -> Result<CheckReport, UpdateEr
                 .map_err(io_err("update state"))?;
             info!("staged {version} in slot {target}");
             Ok(report)
+        }
+        Err(e) if e.disposition() == Disposition::Retry && last_point.is_some() => {
+            let at = last_point.as_ref().map_or(0, |p| p.uncompressed);
+            error!(
+                "staging {version} into slot {target} stopped: {e}; staging the same bundle again goes on from byte {at}"
+            );
+            Err(e)
         }
         Err(e) => {
             error!("staging {version} into slot {target} failed: {e}");

@@ -11,7 +11,7 @@
 //! shown by `basalt-agent update status`.
 
 use super::state::{SlotRecord, UpdateState};
-use super::{apply, check_bundle, io_err, stage, Device, Disposition, UpdateError};
+use super::{apply, check_bundle, io_err, Device, Disposition, UpdateError};
 use crate::fetch::{FetchError, Fetcher};
 use basalt_formats::channel::rollout::{Bucket, Percent};
 use basalt_formats::channel::{self, Channel, ChannelError, MAX_CHANNEL_BYTES};
@@ -557,7 +557,11 @@ fn check_and_stage(
     device: &Device,
 ) -> Result<super::CheckReport, PollError> {
     check_bundle(fetcher.open(url)?, device)?;
-    Ok(stage(fetcher.open(url)?, device)?)
+    let source = super::UrlSource {
+        fetcher,
+        url: url.to_string(),
+    };
+    Ok(super::stage_resumable(&source, device)?)
 }
 
 #[cfg(test)]

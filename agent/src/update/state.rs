@@ -13,8 +13,14 @@ pub const STATE_DIR: &str = "/data/basalt/update";
 pub enum SlotRecord {
     /// Holds what the image or a committed update put there.
     Installed { version: String },
-    /// Being written: must never be booted.
-    Writing { version: String },
+    /// Being written: must never be booted. `resume` is the last frame
+    /// boundary synced to the slot, where staging the same bundle again
+    /// goes on (after a dropped download or a reboot).
+    Writing {
+        version: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<ResumePoint>,
+    },
     /// Written and verified, not yet armed in the boot loader.
     Staged { version: String },
     /// Armed: the boot loader will try it (with a boot counter).
@@ -27,12 +33,23 @@ impl SlotRecord {
     pub fn version(&self) -> &str {
         match self {
             SlotRecord::Installed { version }
-            | SlotRecord::Writing { version }
+            | SlotRecord::Writing { version, .. }
             | SlotRecord::Staged { version }
             | SlotRecord::Trying { version }
             | SlotRecord::Bad { version, .. } => version,
         }
     }
+}
+
+/// How far staging a bundle got: the slot holds the first `uncompressed`
+/// bytes of payload `payload`, synced, which are the first `compressed`
+/// bytes of its member. Only for the bundle whose manifest has this digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePoint {
+    pub manifest_sha256: String,
+    pub payload: usize,
+    pub compressed: u64,
+    pub uncompressed: u64,
 }
 
 /// An update that did not come up healthy and was rolled back by the boot loader.

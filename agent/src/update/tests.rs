@@ -561,3 +561,168 @@ fn a_delta_for_another_base_is_refused_before_any_write() {
         UpdateState::default()
     );
 }
+
+/// A bundle whose root payload is framed, so that staging it can resume.
+pub(crate) fn framed_bundle(key: &SecretKey, version: &str, rootfs: &[u8]) -> Vec<u8> {
+    use basalt_formats::bundle::stream::delta;
+    let mut c = Vec::new();
+    delta::encode_frames(None, rootfs, &mut c, 1, 0, |_| ()).unwrap();
+    let kernel = b"new kernel".to_vec();
+    let kc = zstd::encode_all(&kernel[..], 1).unwrap();
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        name: "demo".into(),
+        version: version.parse().unwrap(),
+        boards: vec![BoardId::X86_64Uefi],
+        min_version: semver::Version::new(0, 0, 0),
+        created: 1,
+        rootfs_type: RootfsType::Squashfs,
+        payloads: vec![
+            Payload {
+                frame_size: Some(delta::FRAME_SIZE as u64),
+                ..Payload::zstd(PayloadName::Rootfs, rootfs, &c)
+            },
+            Payload::zstd(PayloadName::Kernel, &kernel, &kc),
+        ],
+        base_version: None,
+    };
+    let bytes = manifest.to_bytes();
+    let sigs = Signatures(vec![SignatureEntry::sign(key, &bytes)]);
+    let mut w = BundleWriter::new(Vec::new(), &bytes, &sigs).unwrap();
+    w.payload(PayloadName::Rootfs, &c[..]).unwrap();
+    w.payload(PayloadName::Kernel, &kc[..]).unwrap();
+    w.finish().unwrap()
+}
+
+/// A bundle source that breaks after `fail_after` bytes of its first
+/// opening (a dropped connection, a power cut), and records every offset
+/// it is opened at and every byte it gives.
+struct Flaky {
+    bytes: Vec<u8>,
+    fail_after: std::cell::Cell<Option<usize>>,
+    opened: std::cell::RefCell<Vec<u64>>,
+    given: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+struct FlakyReader<'a> {
+    rest: &'a [u8],
+    left: Option<usize>,
+    given: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl Read for FlakyReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut n = buf.len().min(self.rest.len());
+        if let Some(left) = &mut self.left {
+            if *left == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "the line went down",
+                ));
+            }
+            n = n.min(*left);
+            *left -= n;
+        }
+        buf[..n].copy_from_slice(&self.rest[..n]);
+        self.rest = &self.rest[n..];
+        self.given.set(self.given.get() + n as u64);
+        Ok(n)
+    }
+}
+
+impl Reopen for Flaky {
+    fn open_at(&self, offset: u64) -> Result<Box<dyn Read + '_>, UpdateError> {
+        self.opened.borrow_mut().push(offset);
+        Ok(Box::new(FlakyReader {
+            rest: &self.bytes[offset as usize..],
+            left: self.fail_after.take(),
+            given: self.given.clone(),
+        }))
+    }
+}
+
+#[test]
+fn an_interrupted_stage_goes_on_from_where_it_stopped() {
+    let mut f = fixture();
+    let slot_len = 80 << 20;
+    for (_, path) in &f.device.slot_devices {
+        std::fs::File::create(path)
+            .unwrap()
+            .set_len(slot_len)
+            .unwrap();
+    }
+    // Four frames and a bit; compressible so that the test is quick.
+    let rootfs: Vec<u8> = (0..(64 << 20) + 4321u32)
+        .map(|i| ((i / 4096) ^ (i % 61)) as u8)
+        .collect();
+    let bytes = framed_bundle(&f.key, "0.2.0", &rootfs);
+    let source = Flaky {
+        fail_after: std::cell::Cell::new(Some(bytes.len() * 3 / 4)),
+        bytes,
+        opened: Default::default(),
+        given: Default::default(),
+    };
+    let e = stage_resumable(&source, &f.device).unwrap_err();
+    assert_eq!(e.disposition(), Disposition::Retry, "{e}");
+    // The slot is not bootable, and the state says how far it got.
+    assert_eq!(f.device.esp.entries().unwrap(), vec![entry(Slot::A, None)]);
+    let st = UpdateState::load(&f.device.state_dir).unwrap();
+    let Some(SlotRecord::Writing {
+        resume: Some(point),
+        ..
+    }) = st.get(Slot::B)
+    else {
+        panic!("{st:?}")
+    };
+    assert_eq!(point.uncompressed, 32 << 20, "{point:?}");
+
+    // "After the reboot": the same bundle again, read from the head, then
+    // from the frame boundary recorded.
+    source.opened.borrow_mut().clear();
+    source.given.set(0);
+    let report = stage_resumable(&source, &f.device).unwrap();
+    assert_eq!(report.bundle_version, "0.2.0");
+    let opened = source.opened.borrow().clone();
+    assert_eq!(opened.len(), 2, "{opened:?}");
+    assert_eq!(opened[0], 0);
+    assert!(opened[1] > 0, "{opened:?}");
+    assert!(
+        source.given.get() < source.bytes.len() as u64 * 3 / 5,
+        "read {} of {} bytes again",
+        source.given.get(),
+        source.bytes.len()
+    );
+    let slot_b = std::fs::read(&f.device.slot_devices[1].1).unwrap();
+    assert!(slot_b[..rootfs.len()] == rootfs[..]);
+    let st = UpdateState::load(&f.device.state_dir).unwrap();
+    assert_eq!(
+        st.get(Slot::B),
+        Some(&SlotRecord::Staged {
+            version: "0.2.0".into()
+        })
+    );
+
+    // A recorded point of another bundle (another manifest) is not used.
+    f.device.release.version = semver::Version::new(0, 0, 5);
+    let other = framed_bundle(&f.key, "0.2.1", &rootfs);
+    let mut st = UpdateState::load(&f.device.state_dir).unwrap();
+    st.set(
+        Slot::B,
+        SlotRecord::Writing {
+            version: "0.2.1".into(),
+            resume: Some(state::ResumePoint {
+                manifest_sha256: "00".repeat(32),
+                ..point.clone()
+            }),
+        },
+    );
+    st.write(&f.device.state_dir).unwrap();
+    let source = Flaky {
+        fail_after: Default::default(),
+        bytes: other,
+        opened: Default::default(),
+        given: Default::default(),
+    };
+    stage_resumable(&source, &f.device).unwrap();
+    assert_eq!(source.opened.borrow().clone(), vec![0]);
+}

@@ -33,6 +33,8 @@ use std::fmt;
 pub const MANIFEST_FORMAT: u32 = 1;
 /// The largest payload, compressed or not.
 pub const MAX_PAYLOAD_SIZE: u64 = 64 * GIB;
+/// The largest `frame_size` a reader accepts (bounds its memory).
+pub const MAX_FRAME_SIZE: u64 = 64 << 20;
 
 /// What a payload is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -99,6 +101,11 @@ pub struct Payload {
     pub compressed_size: u64,
     /// SHA-256 of the member's bytes.
     pub compressed_sha256: Sha256Digest,
+    /// Set when the member is independent zstd frames of at most this many
+    /// bytes each, every one stating its size: a device decodes it one
+    /// frame at a time and can resume it at a frame boundary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_size: Option<u64>,
     /// Set on a delta payload: the bytes its frames reach back into, which
     /// the device must already hold (see [`super::stream::delta`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,6 +134,7 @@ impl Payload {
             sha256: Sha256Digest::of(raw),
             compressed_size: compressed.len() as u64,
             compressed_sha256: Sha256Digest::of(compressed),
+            frame_size: None,
             base: None,
         }
     }
@@ -255,6 +263,16 @@ impl Manifest {
                         ),
                     ))
                 }
+                _ if p.frame_size.is_some_and(|f| f == 0 || f > MAX_FRAME_SIZE) => {
+                    return Err(invalid(
+                        format!("payloads[{i}].frame_size"),
+                        format!(
+                            "payload {}: frames of {} bytes; a reader takes 1 to {MAX_FRAME_SIZE}",
+                            p.name,
+                            p.frame_size.unwrap_or(0)
+                        ),
+                    ))
+                }
                 (_, Some(base)) if base.size > MAX_PAYLOAD_SIZE => {
                     return Err(invalid(
                         format!("payloads[{i}].base.size"),
@@ -317,6 +335,7 @@ pub(crate) mod tests {
             sha256: Sha256Digest([1; 32]),
             compressed_size: size / 2,
             compressed_sha256: Sha256Digest([2; 32]),
+            frame_size: None,
             base: None,
         }
     }

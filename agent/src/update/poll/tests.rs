@@ -1,5 +1,6 @@
 use super::*;
 use crate::fetch::test_server::{Behaviour, TestServer};
+use crate::update::stage;
 use crate::update::tests::{bundle, entry, fixture};
 use basalt_formats::bundle::PayloadName;
 use basalt_formats::BoardId;

@@ -1,5 +1,8 @@
-//! Delta payloads: zstd frames that reach back into bytes the device already
-//! has.
+//! Framed payloads: independent zstd frames of at most [`FRAME_SIZE`]
+//! bytes, each stating its size, so that a device decodes one frame at a
+//! time and can resume a payload at a frame boundary (after a reboot too);
+//! and delta payloads, framed the same way, whose frames reach back into
+//! bytes the device already has.
 //!
 //! A delta payload is made against a *base*: the same payload of the release
 //! the device runs (its active root slot, its kernel, its initrd). Each frame
@@ -22,8 +25,7 @@ use std::io::{self, Read, Write};
 
 /// Uncompressed bytes per frame.
 pub const FRAME_SIZE: usize = 16 << 20;
-/// The largest frame content a reader accepts (bounds its memory).
-pub const MAX_FRAME_SIZE: u64 = 64 << 20;
+pub use crate::bundle::manifest::MAX_FRAME_SIZE;
 /// zstd level of delta frames. With long-distance matching the level
 /// matters little for what the base already holds; higher levels mostly
 /// re-index the base once per frame for nothing.
@@ -49,9 +51,24 @@ fn zstd_err(what: &str, code: usize) -> io::Error {
 /// `progress` with the uncompressed bytes of each frame done.
 pub fn encode(
     base: &[u8],
+    input: impl Read,
+    out: impl Write,
+    level: i32,
+    progress: impl FnMut(u64),
+) -> io::Result<()> {
+    encode_frames(Some(base), input, out, level, 0, progress)
+}
+
+/// Compresses `input` into independent frames of [`FRAME_SIZE`] bytes,
+/// against `base` when given (long-distance matching, the base as each
+/// frame's reference prefix), with `threads` zstd workers where zstd was
+/// built with threads (0: none).
+pub fn encode_frames(
+    base: Option<&[u8]>,
     mut input: impl Read,
     mut out: impl Write,
     level: i32,
+    threads: u32,
     mut progress: impl FnMut(u64),
 ) -> io::Result<()> {
     use zstd::zstd_safe::{CCtx, CParameter};
@@ -63,19 +80,29 @@ pub fn encode(
         if n == 0 {
             return Ok(());
         }
-        for p in [
+        let mut params = vec![
             CParameter::CompressionLevel(level),
-            CParameter::WindowLog(window_log(base.len(), n)),
-            CParameter::EnableLongDistanceMatching(true),
             CParameter::ChecksumFlag(true),
             CParameter::ContentSizeFlag(true),
-        ] {
+        ];
+        if let Some(base) = base {
+            params.push(CParameter::WindowLog(window_log(base.len(), n)));
+            params.push(CParameter::EnableLongDistanceMatching(true));
+        }
+        for p in params {
             cctx.set_parameter(p)
                 .map_err(|c| zstd_err("zstd parameter", c))?;
         }
-        // The prefix holds for one frame only; set it again for each.
-        cctx.ref_prefix(base)
-            .map_err(|c| zstd_err("zstd reference prefix", c))?;
+        if threads > 0 {
+            // Only a zstd built with threads (the `zstdmt` feature, which the
+            // builder turns on) takes workers; otherwise one thread does.
+            let _ = cctx.set_parameter(CParameter::NbWorkers(threads));
+        }
+        if let Some(base) = base {
+            // The prefix holds for one frame only; set it again for each.
+            cctx.ref_prefix(base)
+                .map_err(|c| zstd_err("zstd reference prefix", c))?;
+        }
         packed.clear();
         cctx.compress2(&mut packed, &frame[..n])
             .map_err(|c| zstd_err("zstd", c))?;
@@ -87,12 +114,17 @@ pub fn encode(
     }
 }
 
-/// Reads a delta payload's frames from `input`, each decoded against `base`.
-/// Errors are [`io::ErrorKind::InvalidData`] for bytes that do not decode
-/// (the caller tells a wrong digest apart), or the input's own errors.
-pub struct DeltaDecoder<R> {
+/// Reads a framed payload's frames from `input`, each decoded against `base`
+/// when given. Errors are [`io::ErrorKind::InvalidData`] for bytes that do
+/// not decode (the caller tells a wrong digest apart), or the input's own
+/// errors.
+pub struct FrameDecoder<R> {
     input: R,
-    base: super::Base,
+    base: Option<super::Base>,
+    /// Compressed bytes of the frames decoded so far.
+    consumed: u64,
+    /// Uncompressed bytes of the frames decoded so far.
+    produced: u64,
     inbuf: Vec<u8>,
     lo: usize,
     hi: usize,
@@ -102,10 +134,13 @@ pub struct DeltaDecoder<R> {
     pos: usize,
 }
 
-impl<R> std::fmt::Debug for DeltaDecoder<R> {
+impl<R> std::fmt::Debug for FrameDecoder<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeltaDecoder")
-            .field("base_len", &(*self.base).as_ref().len())
+        f.debug_struct("FrameDecoder")
+            .field(
+                "base_len",
+                &self.base.as_ref().map(|b| (**b).as_ref().len()),
+            )
             .field("frame_len", &self.out.len())
             .field("pos", &self.pos)
             .finish()
@@ -117,11 +152,13 @@ const IN_CHUNK: usize = 128 << 10;
 /// Enough bytes for any zstd frame header.
 const MAX_HEADER: usize = 18;
 
-impl<R: Read> DeltaDecoder<R> {
-    pub fn new(input: R, base: super::Base) -> DeltaDecoder<R> {
-        DeltaDecoder {
+impl<R: Read> FrameDecoder<R> {
+    pub fn new(input: R, base: Option<super::Base>) -> FrameDecoder<R> {
+        FrameDecoder {
             input,
             base,
+            consumed: 0,
+            produced: 0,
             inbuf: vec![0u8; IN_CHUNK],
             lo: 0,
             hi: 0,
@@ -134,6 +171,12 @@ impl<R: Read> DeltaDecoder<R> {
     /// The input, after the last frame.
     pub fn into_inner(self) -> R {
         self.input
+    }
+
+    /// When every byte handed out so far ends a frame: the compressed and
+    /// uncompressed bytes of the frames so far, where decoding can resume.
+    pub fn boundary(&self) -> Option<(u64, u64)> {
+        (self.pos == self.out.len()).then_some((self.consumed, self.produced))
     }
 
     /// Makes at least `want` unread input bytes available, unless the input ends.
@@ -180,8 +223,10 @@ impl<R: Read> DeltaDecoder<R> {
         let mut dctx = DCtx::create();
         dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
             .map_err(|c| zstd_err("zstd parameter", c))?;
-        dctx.ref_prefix((*base).as_ref())
-            .map_err(|c| zstd_err("zstd reference prefix", c))?;
+        if let Some(base) = &base {
+            dctx.ref_prefix((**base).as_ref())
+                .map_err(|c| zstd_err("zstd reference prefix", c))?;
+        }
         self.out.clear();
         self.out.reserve_exact(size);
         self.pos = 0;
@@ -200,6 +245,7 @@ impl<R: Read> DeltaDecoder<R> {
                 .decompress_stream(&mut output, &mut input)
                 .map_err(|c| zstd_err("zstd", c))?;
             self.lo += input.pos();
+            self.consumed += input.pos() as u64;
             if hint == 0 {
                 break;
             }
@@ -215,11 +261,12 @@ impl<R: Read> DeltaDecoder<R> {
                 self.out.len()
             )));
         }
+        self.produced += size as u64;
         Ok(true)
     }
 }
 
-impl<R: Read> Read for DeltaDecoder<R> {
+impl<R: Read> Read for FrameDecoder<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.out.len() {
             if buf.is_empty() || !self.next_frame()? {
@@ -262,7 +309,7 @@ mod tests {
 
     fn decode(delta: &[u8], base: Vec<u8>) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
-        DeltaDecoder::new(delta, Arc::new(base)).read_to_end(&mut out)?;
+        FrameDecoder::new(delta, Some(Arc::new(base))).read_to_end(&mut out)?;
         Ok(out)
     }
 
@@ -292,6 +339,28 @@ mod tests {
             Some(FRAME_SIZE as u64)
         );
         assert!(first < delta.len());
+    }
+
+    #[test]
+    fn frames_without_a_base_resume_at_any_boundary() {
+        let (_, new) = versions(5 * FRAME_SIZE / 2);
+        let mut packed = Vec::new();
+        encode_frames(None, &new[..], &mut packed, 3, 2, |_| ()).unwrap();
+        let mut d = FrameDecoder::new(&packed[..], None);
+        assert_eq!(d.boundary(), Some((0, 0)));
+        let mut first = vec![0u8; FRAME_SIZE + 10];
+        d.read_exact(&mut first).unwrap();
+        assert_eq!(d.boundary(), None, "inside the second frame");
+        let mut rest = vec![0u8; FRAME_SIZE - 10];
+        d.read_exact(&mut rest).unwrap();
+        let (c, u) = d.boundary().unwrap();
+        assert_eq!(u, 2 * FRAME_SIZE as u64);
+        // Decoding again from there gives the rest.
+        let mut tail = Vec::new();
+        FrameDecoder::new(&packed[c as usize..], None)
+            .read_to_end(&mut tail)
+            .unwrap();
+        assert!(tail == new[2 * FRAME_SIZE..]);
     }
 
     #[test]

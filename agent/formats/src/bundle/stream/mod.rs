@@ -168,6 +168,9 @@ pub enum BundleError {
     /// The writer was finished before every payload was written.
     #[error("payload {0} was not written")]
     MissingPayload(PayloadName),
+    /// A reading cannot resume where it was asked to.
+    #[error("cannot resume: {0}")]
+    Resume(String),
     /// A delta payload was asked for without the base it is decoded against.
     #[error("payload {0} is a delta: it can only be decoded against the release it was made from")]
     NeedsBase(PayloadName),
@@ -350,6 +353,8 @@ pub struct BundleReader<R> {
     inner: R,
     manifest_bytes: Vec<u8>,
     signatures: Signatures,
+    /// Bytes of the first two members, headers and padding included.
+    head_len: u64,
 }
 
 impl<R: Read> BundleReader<R> {
@@ -359,8 +364,10 @@ impl<R: Read> BundleReader<R> {
         let manifest_bytes = read_small_member(&mut inner, 1, MANIFEST_MEMBER, MAX_MANIFEST_BYTES)?;
         let sig_bytes = read_small_member(&mut inner, 2, SIGNATURES_MEMBER, MAX_SIGNATURES_BYTES)?;
         let signatures = Signatures::parse(&sig_bytes)?;
+        let member_len = |n: usize| BLOCK + n as u64 + padding(n as u64);
         Ok(BundleReader {
             inner,
+            head_len: member_len(manifest_bytes.len()) + member_len(sig_bytes.len()),
             manifest_bytes,
             signatures,
         })
@@ -380,14 +387,14 @@ impl<R: Read> BundleReader<R> {
     /// gives the payloads.
     pub fn verify(self, policy: &TrustPolicy) -> Result<Payloads<R>, BundleError> {
         let manifest = verify(&self.manifest_bytes, &self.signatures, policy)?;
-        Ok(Payloads::new(self.inner, manifest))
+        Ok(Payloads::new(self.inner, manifest, self.head_len))
     }
 
     /// Parses the manifest without checking any signature: for inspecting
     /// and signing bundles, never for installing them.
     pub fn without_verification(self) -> Result<Payloads<R>, BundleError> {
         let manifest = Manifest::parse(&self.manifest_bytes)?;
-        Ok(Payloads::new(self.inner, manifest))
+        Ok(Payloads::new(self.inner, manifest, self.head_len))
     }
 }
 
@@ -402,6 +409,8 @@ struct Member<R> {
     truncated: bool,
     /// The underlying reader failed.
     failed: bool,
+    /// Read from the middle on (a resumed payload): its digest cannot be checked.
+    partial: bool,
 }
 
 impl<R: Read> Read for Member<R> {
@@ -441,21 +450,29 @@ type ZstdDecoder<R> = zstd::stream::read::Decoder<'static, BufReader<Member<R>>>
 /// zstd over a payload's member: one stream, or delta frames against a base.
 enum Decoder<R> {
     Full(ZstdDecoder<R>),
-    Delta(delta::DeltaDecoder<Member<R>>),
+    Frames(delta::FrameDecoder<Member<R>>),
 }
 
 impl<R: Read> Decoder<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Decoder::Full(d) => d.read(buf),
-            Decoder::Delta(d) => d.read(buf),
+            Decoder::Frames(d) => d.read(buf),
+        }
+    }
+
+    /// See [`delta::FrameDecoder::boundary`]; `None` for a one-stream payload.
+    fn boundary(&self) -> Option<(u64, u64)> {
+        match self {
+            Decoder::Full(_) => None,
+            Decoder::Frames(d) => d.boundary(),
         }
     }
 
     fn into_member(self) -> Member<R> {
         match self {
             Decoder::Full(d) => d.finish().into_inner(),
-            Decoder::Delta(d) => d.into_inner(),
+            Decoder::Frames(d) => d.into_inner(),
         }
     }
 }
@@ -465,6 +482,8 @@ struct Decoding<R> {
     decoder: Decoder<R>,
     written: u64,
     hash: Sha256,
+    /// Where a resumed payload started: (compressed, uncompressed) bytes.
+    resumed_at: Option<(u64, u64)>,
 }
 
 enum State<R> {
@@ -493,18 +512,91 @@ impl<R> fmt::Debug for State<R> {
 #[derive(Debug)]
 pub struct Payloads<R> {
     manifest: Manifest,
+    /// Bytes before the first payload's header.
+    head_len: u64,
+    /// A resumed payload whose reader has not been handed out yet.
+    resumed: bool,
     /// Index of the payload being read, or of the next one.
     current: usize,
     state: State<R>,
 }
 
 impl<R: Read> Payloads<R> {
-    fn new(inner: R, manifest: Manifest) -> Payloads<R> {
+    fn new(inner: R, manifest: Manifest, head_len: u64) -> Payloads<R> {
         Payloads {
             manifest,
+            head_len,
+            resumed: false,
             current: 0,
             state: State::Between(inner),
         }
+    }
+
+    /// Where payload `index`'s compressed bytes start in the bundle.
+    pub fn member_data_offset(&self, index: usize) -> u64 {
+        let before: u64 = self.manifest.payloads[..index]
+            .iter()
+            .map(|p| BLOCK + p.compressed_size + padding(p.compressed_size))
+            .sum();
+        self.head_len + before + BLOCK
+    }
+
+    /// Goes on with a framed payload from a frame boundary that an earlier
+    /// reading reached ([`PayloadReader::boundary`]): `inner` reads the
+    /// bundle from [`Payloads::member_data_offset`] + `compressed`, and the
+    /// next [`Payloads::next_payload_from`] gives payload `index` from its
+    /// `uncompressed`th byte on. The manifest is the one verified here, so
+    /// a resumed reading trusts no more than a whole one; but the digests of
+    /// a payload read from its middle cannot be checked here: the caller
+    /// checks what it wrote against the payload's SHA-256 (the agent reads
+    /// the slot back).
+    pub fn resume<R2: Read>(
+        self,
+        inner: R2,
+        index: usize,
+        compressed: u64,
+        uncompressed: u64,
+        base: Option<Base>,
+    ) -> Result<Payloads<R2>, BundleError> {
+        let Some(payload) = self.manifest.payloads.get(index) else {
+            return Err(BundleError::Resume(format!("no payload {index}")));
+        };
+        if payload.base.is_none() && payload.frame_size.is_none() {
+            return Err(BundleError::Resume(format!(
+                "payload {} is one zstd stream, not frames",
+                payload.name
+            )));
+        }
+        if payload.base.is_some() && base.is_none() {
+            return Err(BundleError::NeedsBase(payload.name));
+        }
+        if compressed > payload.compressed_size || uncompressed > payload.size {
+            return Err(BundleError::Resume(format!(
+                "payload {} has {} compressed and {} bytes, not {compressed} and {uncompressed}",
+                payload.name, payload.compressed_size, payload.size
+            )));
+        }
+        let member = Member {
+            inner,
+            remaining: payload.compressed_size - compressed,
+            read: compressed,
+            hash: Sha256::new(),
+            truncated: false,
+            failed: false,
+            partial: true,
+        };
+        Ok(Payloads {
+            head_len: self.head_len,
+            resumed: true,
+            current: index,
+            state: State::Decoding(Box::new(Decoding {
+                decoder: Decoder::Frames(delta::FrameDecoder::new(member, base)),
+                written: uncompressed,
+                hash: Sha256::new(),
+                resumed_at: Some((compressed, uncompressed)),
+            })),
+            manifest: self.manifest,
+        })
     }
 
     /// The manifest (verified, if this came from [`BundleReader::verify`]).
@@ -532,7 +624,15 @@ impl<R: Read> Payloads<R> {
         &mut self,
         base: Option<Base>,
     ) -> Result<Option<PayloadReader<'_, R>>, BundleError> {
+        if std::mem::take(&mut self.resumed) {
+            let index = self.current;
+            return Ok(Some(PayloadReader {
+                payloads: self,
+                index,
+            }));
+        }
         let delta = self.peek().is_some_and(|p| p.base.is_some());
+        let framed = self.peek().is_some_and(|p| p.frame_size.is_some());
         if delta && base.is_none() {
             let name = self.peek().expect("checked").name;
             return Err(BundleError::NeedsBase(name));
@@ -541,7 +641,8 @@ impl<R: Read> Payloads<R> {
             return Ok(None);
         };
         let decoder = match base {
-            Some(base) if delta => Decoder::Delta(delta::DeltaDecoder::new(member, base)),
+            Some(base) if delta => Decoder::Frames(delta::FrameDecoder::new(member, Some(base))),
+            _ if framed && !delta => Decoder::Frames(delta::FrameDecoder::new(member, None)),
             _ => Decoder::Full(
                 zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
                     128 << 10,
@@ -554,6 +655,7 @@ impl<R: Read> Payloads<R> {
             decoder,
             written: 0,
             hash: Sha256::new(),
+            resumed_at: None,
         }));
         let index = self.current;
         Ok(Some(PayloadReader {
@@ -652,6 +754,7 @@ impl<R: Read> Payloads<R> {
             hash: Sha256::new(),
             truncated: false,
             failed: false,
+            partial: false,
         }))
     }
 
@@ -711,6 +814,7 @@ impl<R: Read> Payloads<R> {
                     decoder,
                     written,
                     hash,
+                    resumed_at,
                 } = *d;
                 let inner = self.end_member(decoder.into_member())?;
                 if written != expected {
@@ -722,7 +826,7 @@ impl<R: Read> Payloads<R> {
                 }
                 let actual = Sha256Digest::from_hasher(hash);
                 let want = self.payload().sha256;
-                if actual != want {
+                if actual != want && resumed_at.is_none() {
                     return Err(self.payload_failed(PayloadProblem::Digest {
                         form: Form::Uncompressed,
                         actual,
@@ -828,7 +932,7 @@ impl<R: Read> Payloads<R> {
         }
         let actual = Sha256Digest::from_hasher(member.hash);
         let want = self.payload().compressed_sha256;
-        if actual != want {
+        if actual != want && !member.partial {
             return Err(self.payload_failed(PayloadProblem::Digest {
                 form: Form::Compressed,
                 actual,
@@ -870,6 +974,18 @@ impl<R: Read> PayloadReader<'_, R> {
     /// Reads what is left of the payload and checks it.
     pub fn finish(self) -> Result<(), BundleError> {
         self.payloads.drain()
+    }
+
+    /// For a framed payload, when every byte read so far ends a frame: the
+    /// payload's compressed and uncompressed bytes up to there, from which
+    /// [`Payloads::resume`] can go on. `None` inside a frame, and for a
+    /// payload that is one zstd stream.
+    pub fn boundary(&self) -> Option<(u64, u64)> {
+        let State::Decoding(d) = &self.payloads.state else {
+            return None;
+        };
+        let (c0, u0) = d.resumed_at.unwrap_or((0, 0));
+        d.decoder.boundary().map(|(c, u)| (c0 + c, u0 + u))
     }
 }
 

@@ -451,3 +451,106 @@ fn payload_errors_survive_io_copy() {
     ));
     assert_eq!(rootfs.payload().name, PayloadName::Rootfs);
 }
+
+/// A bundle whose root payload is framed (`frame_size`), three frames long.
+fn framed(key: &SecretKey) -> (Vec<u8>, Vec<u8>) {
+    let root = data(11, 2 * delta::FRAME_SIZE + 12_345);
+    let mut c = Vec::new();
+    delta::encode_frames(None, &root[..], &mut c, 3, 0, |_| ()).unwrap();
+    let mut manifest = Manifest {
+        format: 1,
+        name: "basalt-appliance".into(),
+        version: "1.2.0".parse().unwrap(),
+        boards: vec![BoardId::X86_64Uefi],
+        min_version: "1.0.0".parse().unwrap(),
+        created: 1_700_000_000,
+        rootfs_type: RootfsType::Squashfs,
+        payloads: vec![Payload {
+            frame_size: Some(delta::FRAME_SIZE as u64),
+            ..Payload::zstd(PayloadName::Rootfs, &root, &c)
+        }],
+        base_version: None,
+    };
+    let kernel = data(5, 40_000);
+    let kc = zstd::encode_all(&kernel[..], 3).unwrap();
+    manifest
+        .payloads
+        .push(Payload::zstd(PayloadName::Kernel, &kernel, &kc));
+    let bytes = manifest.to_bytes();
+    let sigs = Signatures(vec![SignatureEntry::sign(key, &bytes)]);
+    let mut w = BundleWriter::new(Vec::new(), &bytes, &sigs).unwrap();
+    w.payload(PayloadName::Rootfs, &c[..]).unwrap();
+    w.payload(PayloadName::Kernel, &kc[..]).unwrap();
+    (w.finish().unwrap(), root)
+}
+
+#[test]
+fn a_framed_payload_resumes_at_a_frame_boundary() {
+    let k = key(1);
+    let (bundle, root) = framed(&k);
+    let policy = policy(&[&k], 1);
+    // Read into the second frame, remember the last boundary passed.
+    let mut payloads = BundleReader::new(&bundle[..])
+        .unwrap()
+        .verify(&policy)
+        .unwrap();
+    let offset = payloads.member_data_offset(0);
+    let mut p = payloads.next_payload().unwrap().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut mark = None;
+    let mut read = 0;
+    while read < delta::FRAME_SIZE + (3 << 20) {
+        let n = p.read(&mut buf).unwrap();
+        read += n;
+        if let Some(b) = p.boundary() {
+            mark = Some(b);
+        }
+    }
+    let (c, u) = mark.unwrap();
+    assert_eq!(u, delta::FRAME_SIZE as u64);
+
+    // "After the reboot": the head again, then the rest from the boundary.
+    let head = BundleReader::new(&bundle[..])
+        .unwrap()
+        .verify(&policy)
+        .unwrap();
+    let rest = &bundle[(offset + c) as usize..];
+    let mut resumed = head.resume(rest, 0, c, u, None).unwrap();
+    let mut p = resumed.next_payload().unwrap().unwrap();
+    assert_eq!(p.boundary(), Some((c, u)));
+    let mut tail = Vec::new();
+    p.read_to_end(&mut tail).unwrap();
+    assert!(tail == root[u as usize..]);
+    let mut p = resumed.next_payload().unwrap().unwrap();
+    assert_eq!(p.payload().name, PayloadName::Kernel);
+    std::io::copy(&mut p, &mut std::io::sink()).unwrap();
+    resumed.finish().unwrap();
+
+    // A damaged frame after the resume point is still found.
+    let mut bad = bundle.clone();
+    let at = (offset + c) as usize + 5000;
+    bad[at] ^= 1;
+    let head = BundleReader::new(&bad[..])
+        .unwrap()
+        .verify(&policy)
+        .unwrap();
+    let mut resumed = head
+        .resume(&bad[(offset + c) as usize..], 0, c, u, None)
+        .unwrap();
+    let mut p = resumed.next_payload().unwrap().unwrap();
+    assert!(std::io::copy(&mut p, &mut std::io::sink()).is_err());
+
+    // Only framed payloads resume, only within them.
+    let head = BundleReader::new(&bundle[..])
+        .unwrap()
+        .verify(&policy)
+        .unwrap();
+    let e = head.resume(&b""[..], 1, 0, 0, None).unwrap_err();
+    assert!(e.to_string().contains("one zstd stream"), "{e}");
+    let head = BundleReader::new(&bundle[..])
+        .unwrap()
+        .verify(&policy)
+        .unwrap();
+    let e = head.resume(&b""[..], 0, u64::MAX, 0, None).unwrap_err();
+    assert!(e.to_string().contains("cannot resume"), "{e}");
+}
