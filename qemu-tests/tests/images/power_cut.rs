@@ -242,6 +242,8 @@ fn sequence(fx: &Fixture, rng: &mut Rng, phases: &[Phase], seq: usize) {
         "cat /etc/machine-id /etc/basalt-power-cut /data/basalt/identity/node.id /etc/hostname";
     let kept = vm.run_ok(keep, t).unwrap();
     let mut cuts = 0;
+    // Where the cut stage recorded it got to, if it did: the next stage goes on there.
+    let mut resume_at = None;
 
     if phases.contains(&Phase::Stage) {
         let before = overlay_len(&fx.cfg);
@@ -273,14 +275,28 @@ fn sequence(fx: &Fixture, rng: &mut Rng, phases: &[Phase], seq: usize) {
         boot_time = kernel_to_ready(&mut vm);
         let up = check_boot(&mut vm, fx, 0, "after the cut during stage");
         assert_eq!(up, Up::Old, "nothing was applied, yet 0.2.0 booted");
+        let st = status_json(&mut vm);
+        if st["state"]["b"]["state"] == "writing" {
+            resume_at = st["state"]["b"]["resume"]["uncompressed"].as_u64();
+        }
     }
 
     let staged = Instant::now();
-    vm.run_ok("basalt-agent update stage /run/stick/v2.basalt", long)
+    let out = vm
+        .run_ok("basalt-agent update stage /run/stick/v2.basalt", long)
         .unwrap();
+    if let Some(at) = resume_at {
+        assert!(
+            out.contains(&format!("resuming slot b at byte {at} of rootfs")),
+            "the cut stage had recorded byte {at}, but the next stage did not go on from there:\n{out}"
+        );
+    }
     eprintln!(
-        "power-cut: sequence {seq}: staged in {:.1} s",
-        staged.elapsed().as_secs_f64()
+        "power-cut: sequence {seq}: staged in {:.1} s{}",
+        staged.elapsed().as_secs_f64(),
+        resume_at
+            .map(|at| format!(", going on from byte {at} after the cut"))
+            .unwrap_or_default()
     );
 
     // Arm the boot loader, cut or not; then boot until 0.2.0 is committed.
