@@ -801,6 +801,20 @@ impl StatusReport {
         for e in &self.entries {
             out += &format!("entry {} ({:?})\n", e.file, e.assessment);
         }
+        for slot in Slot::ALL {
+            if let Some(SlotRecord::Writing { version, resume }) = self.state.get(slot) {
+                out += &format!(
+                    "slot {slot}: {version} being written{}\n",
+                    match resume {
+                        Some(r) => format!(
+                            "; staging the same bundle goes on from byte {}",
+                            r.uncompressed
+                        ),
+                        None => String::new(),
+                    }
+                );
+            }
+        }
         for f in &self.state.failed {
             out += &format!(
                 "failed update: {} in slot {} rolled back\n",
