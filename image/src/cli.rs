@@ -520,9 +520,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 qemu::check_host(&cfg.board)?;
                 let (disk, vars) = qemu::prepare(&cfg)?;
                 eprintln!("booting {} (leave with Ctrl-A X)", cfg.image.display());
-                let status = qemu::command(&cfg, &disk, &vars)
-                    .status()
-                    .context("starting QEMU")?;
+                let mut qemu = qemu::command(&cfg, &disk, &vars);
+                // QEMU goes when basalt goes, killed or not: otherwise a
+                // `kill` of basalt leaves the VM running, holding the disk.
+                // SAFETY: only prctl(2) runs between fork and exec.
+                unsafe {
+                    std::os::unix::process::CommandExt::pre_exec(&mut qemu, || {
+                        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                            .map_err(std::io::Error::from)
+                    });
+                }
+                let status = qemu.status().context("starting QEMU")?;
                 if !status.success() {
                     bail!("QEMU exited with {status}");
                 }
