@@ -57,6 +57,9 @@ pub struct PeerStatus {
     /// How busy its inference server is, percent.
     #[serde(default)]
     pub load: u8,
+    /// The update bundles it serves to peers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bundles: Vec<basalt_formats::mesh::BundleAd>,
 }
 
 /// This node's mesh, as last written.
@@ -251,6 +254,7 @@ mod tests {
                 on_device: true,
                 models: vec!["magika".into()],
                 load: 25,
+                bundles: vec![],
             }],
         }
     }

@@ -31,6 +31,7 @@
 pub mod esp;
 pub mod health;
 pub mod poll;
+pub mod share;
 pub mod state;
 pub mod tryboot;
 
