@@ -230,7 +230,7 @@ fn only_a_bundle_that_staged_is_kept_and_a_newer_one_replaces_it() {
 /// `size` bytes: the bytes of the channel's bundle the origin sends, with
 /// and without mesh peers (each node offering what it kept to the next).
 /// With `damaged`, the first node to get the bundle serves a damaged copy.
-fn site(n: usize, size: usize, share: bool, damaged: bool) -> (u64, u64, Vec<String>) {
+fn site(n: usize, size: usize, share: bool, damaged: bool) -> (u64, u64, Vec<String>, usize) {
     let key = fixture().key;
     let rootfs = noise(21, size);
     let good = bundle(&key, "0.2.0", &rootfs, false);
@@ -273,20 +273,35 @@ fn site(n: usize, size: usize, share: bool, damaged: bool) -> (u64, u64, Vec<Str
     for (s, p) in &serving {
         from_peers += s.bytes_sent(&p.url[p.url.find(BUNDLE_ROUTE).unwrap()..]);
     }
-    (origin.bytes_sent("/c/full.basalt"), from_peers, how)
+    (
+        origin.bytes_sent("/c/full.basalt"),
+        from_peers,
+        how,
+        good.len(),
+    )
 }
 
 #[test]
 fn a_site_of_ten_nodes_takes_the_bundle_from_the_origin_once() {
     let (n, size) = (10, 900_000);
-    let (without, _, _) = site(n, size, false, false);
-    let (with, peers, how) = site(n, size, true, false);
-    let (damaged, damaged_peers, how_damaged) = site(n, size, true, true);
-    println!("site of {n} nodes, bundle of about {size} bytes (incompressible root file system):");
-    println!("  channel only:                       origin sent {without} bytes of bundle");
-    println!("  mesh peers first:                   origin sent {with} bytes, peers {peers}");
+    let (without, _, _, len) = site(n, size, false, false);
+    let (with, peers, how, _) = site(n, size, true, false);
+    let (damaged, damaged_peers, how_damaged, _) = site(n, size, true, true);
+    let times = |b: u64| b as f64 / len as f64;
+    println!("site of {n} nodes polling in turn, bundle of {len} bytes (incompressible root file system):");
     println!(
-        "  mesh peers first, one peer damaged: origin sent {damaged} bytes, peers {damaged_peers}"
+        "  channel only:                       origin sent {without} bytes of bundle ({:.1} bundles)",
+        times(without)
+    );
+    println!(
+        "  mesh peers first:                   origin sent {with} bytes ({:.1} bundles), peers {peers} ({:.1})",
+        times(with),
+        times(peers)
+    );
+    println!(
+        "  mesh peers first, one peer damaged: origin sent {damaged} bytes ({:.1} bundles), peers {damaged_peers} ({:.1})",
+        times(damaged),
+        times(damaged_peers)
     );
     // Every node reads the bundle from the origin (twice: the head, then the stage).
     assert!(without >= n as u64 * size as u64, "{without}");
