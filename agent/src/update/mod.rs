@@ -100,6 +100,8 @@ pub enum UpdateError {
         expected: Sha256Digest,
         found: String,
     },
+    #[error("the bundle is version {found}, not {expected}")]
+    WrongVersion { expected: String, found: String },
     #[error("{0}")]
     Unsupported(String),
     #[error("tryboot: {0}")]
@@ -404,7 +406,7 @@ pub const RESUME_EVERY: u64 = 32 << 20;
 
 /// `update stage`: writes the inactive slot from the bundle. See the module docs.
 pub fn stage(source: impl Read, device: &Device) -> Result<CheckReport, UpdateError> {
-    stage_with(Box::new(source), None, device)
+    stage_with(Box::new(source), None, device, None)
 }
 
 /// [`stage`] from a source that can be read again from any byte: a stage of
@@ -412,13 +414,27 @@ pub fn stage(source: impl Read, device: &Device) -> Result<CheckReport, UpdateEr
 /// reboot) goes on from the last frame boundary it recorded, after checking
 /// the bundle's signatures again.
 pub fn stage_resumable(source: &dyn Reopen, device: &Device) -> Result<CheckReport, UpdateError> {
-    stage_with(source.open_at(0)?, Some(source), device)
+    stage_with(source.open_at(0)?, Some(source), device, None)
+}
+
+/// [`stage_resumable`] of a bundle that must be of `version`, checked with
+/// the signatures, before anything is written: for a bundle from a source
+/// that is trusted to say nothing about which version to install (a mesh
+/// peer), so that it cannot make the device take another signed version
+/// than the channel's.
+pub fn stage_resumable_expecting(
+    source: &dyn Reopen,
+    device: &Device,
+    version: &semver::Version,
+) -> Result<CheckReport, UpdateError> {
+    stage_with(source.open_at(0)?, Some(source), device, Some(version))
 }
 
 fn stage_with(
     source: Box<dyn Read + '_>,
     reopen: Option<&dyn Reopen>,
     device: &Device,
+    expect: Option<&semver::Version>,
 ) -> Result<CheckReport, UpdateError> {
     if device.tryboot.is_some() {
         return Err(UpdateError::Unsupported(
@@ -429,6 +445,15 @@ fn stage_with(
     let head = BundleReader::new(source)?;
     let manifest_sha256 = Sha256Digest::of(head.manifest_bytes()).to_string();
     let payloads = head.verify(policy)?;
+    if let Some(want) = expect {
+        let found = &payloads.manifest().version;
+        if found != want {
+            return Err(UpdateError::WrongVersion {
+                expected: want.to_string(),
+                found: found.to_string(),
+            });
+        }
+    }
     let report = decide(payloads.manifest(), device)?;
     let mut bases = delta_bases(payloads.manifest(), device)?;
     let manifest = payloads.manifest().clone();

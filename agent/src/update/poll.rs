@@ -522,7 +522,7 @@ fn poll_inner(
                         .unwrap_or_else(|| "size not given".into()),
                     d.bundle
                 );
-                match check_and_stage(fetcher, d.bundle.as_str(), device, None) {
+                match check_and_stage(fetcher, d.bundle.as_str(), device, None, None) {
                     Ok(report) => {
                         how = format!(" from the delta from {}", d.from);
                         Some(report)
@@ -558,7 +558,7 @@ fn poll_inner(
                             "update poll: peer {} offers {version}; fetching {}",
                             p.node, p.url
                         );
-                        match check_and_stage(fetcher, &p.url, device, cache) {
+                        match check_and_stage(fetcher, &p.url, device, cache, Some(&doc.version)) {
                             Ok(report) => {
                                 how += &format!(" from mesh peer {}", p.node);
                                 from_peer = Some(report);
@@ -581,7 +581,7 @@ fn poll_inner(
                     match from_peer {
                         Some(report) => report,
                         None => {
-                            let report = check_and_stage(fetcher, &bundle, device, cache)?;
+                            let report = check_and_stage(fetcher, &bundle, device, cache, None)?;
                             if !tried.is_empty() {
                                 how += &format!(
                                     " from the channel (mesh peers failed: {})",

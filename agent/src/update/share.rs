@@ -522,23 +522,38 @@ impl<R: Read> Read for TeeReader<'_, R> {
 }
 
 /// Checks the bundle at `url` (its head only), then stages it, keeping its
-/// bytes in `cache` when given and the stage succeeded.
+/// bytes in `cache` when given and the stage succeeded. With `expect`
+/// (a bundle from a peer), the bundle must be of that version.
 pub fn check_and_stage(
     fetcher: &Fetcher,
     url: &str,
     device: &super::Device,
     cache: Option<&BundleCache>,
+    expect: Option<&semver::Version>,
 ) -> Result<super::CheckReport, super::poll::PollError> {
-    super::check_bundle(fetcher.open(url)?, device)?;
+    let report = super::check_bundle(fetcher.open(url)?, device)?;
+    if let Some(want) = expect {
+        if report.bundle_version != want.to_string() {
+            return Err(UpdateError::WrongVersion {
+                expected: want.to_string(),
+                found: report.bundle_version,
+            }
+            .into());
+        }
+    }
+    let stage = |source: &dyn Reopen| match expect {
+        Some(v) => super::stage_resumable_expecting(source, device, v),
+        None => super::stage_resumable(source, device),
+    };
     let Some(cache) = cache else {
         let source = super::UrlSource {
             fetcher,
             url: url.to_string(),
         };
-        return Ok(super::stage_resumable(&source, device)?);
+        return Ok(stage(&source)?);
     };
     let source = CachingSource::new(fetcher, url.to_string(), cache);
-    let result = super::stage_resumable(&source, device);
+    let result = stage(&source);
     if let Some(policy) = &device.policy {
         source.keep(result.is_ok(), policy, device.release.board);
     }

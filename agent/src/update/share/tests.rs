@@ -175,7 +175,7 @@ fn stage_caching(f: &Fixture, c: &BundleCache, body: Vec<u8>) -> bool {
     let server = TestServer::start();
     server.route("/b.basalt", body, Behaviour::Serve);
     let fetcher = quick();
-    check_and_stage(&fetcher, &server.url("/b.basalt"), &f.device, Some(c)).is_ok()
+    check_and_stage(&fetcher, &server.url("/b.basalt"), &f.device, Some(c), None).is_ok()
 }
 
 #[test]
@@ -316,4 +316,56 @@ fn a_site_of_ten_nodes_takes_the_bundle_from_the_origin_once() {
         .iter()
         .any(|d| d.contains("mesh peers failed: node-0")));
     assert!(damaged < without / 2, "{damaged} vs {without}");
+}
+
+#[test]
+fn a_peer_cannot_make_the_node_take_another_signed_version() {
+    let f = fixture();
+    let rootfs = noise(14, 200_000);
+    let good = bundle(&f.key, "0.2.0", &rootfs, false);
+    let sha = manifest_sha(&good);
+    let (_origin, url) = origin(good.clone());
+    // Signed by a trusted key and newer, but not what the channel offers
+    // (a version held back by a rollout, say).
+    let other = bundle(&f.key, "0.3.0", &noise(15, 200_000), false);
+    let (_peer, p) = peer("node-ahead", &sha, other.clone(), Behaviour::Serve);
+    let rec = poll_shared(
+        &f.device,
+        &url,
+        &quick(),
+        Mode::StageOnly,
+        &mut || Ok(()),
+        &sharing(&f, vec![p]),
+    )
+    .unwrap();
+    assert!(
+        rec.detail
+            .contains("node-ahead: bundle: the bundle is version 0.3.0, not 0.2.0")
+            || rec
+                .detail
+                .contains("the bundle is version 0.3.0, not 0.2.0"),
+        "{rec:?}"
+    );
+    let slot_b = std::fs::read(&f.device.slot_devices[1].1).unwrap();
+    assert_eq!(&slot_b[..rootfs.len()], &rootfs[..]);
+
+    // The stage checks it too (a peer may send another bundle the second
+    // time it is asked), before anything is written.
+    let f = fixture();
+    let before = f.device.esp.entries().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("other.basalt");
+    std::fs::write(&file, &other).unwrap();
+    let e = crate::update::stage_resumable_expecting(
+        &crate::update::FileSource(file),
+        &f.device,
+        &"0.2.0".parse().unwrap(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, UpdateError::WrongVersion { .. }), "{e}");
+    assert_eq!(f.device.esp.entries().unwrap(), before);
+    assert_eq!(
+        UpdateState::load(&f.device.state_dir).unwrap(),
+        UpdateState::default()
+    );
 }
