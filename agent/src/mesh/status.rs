@@ -219,11 +219,11 @@ impl MeshStatus {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ed25519_dalek::SigningKey;
 
-    fn status() -> MeshStatus {
+    pub(crate) fn status() -> MeshStatus {
         let id = NodeId::from_verifying_key(&SigningKey::from_bytes(&[1; 32]).verifying_key());
         MeshStatus {
             updated_unix: 1,

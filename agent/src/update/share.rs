@@ -231,6 +231,9 @@ impl Sharing {
             sweep(&cache.dir, None);
             return Sharing::off();
         }
+        // Partial files of an agent that stopped in the middle of a download.
+        let kept = cache.list();
+        sweep(&cache.dir, kept.first().map(|a| a.manifest_sha256.as_str()));
         Sharing {
             cache: Some(cache),
             peers: Box::new(MeshPeers {

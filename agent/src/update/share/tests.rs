@@ -369,3 +369,76 @@ fn a_peer_cannot_make_the_node_take_another_signed_version() {
         UpdateState::default()
     );
 }
+
+#[test]
+fn mesh_peers_offer_live_peers_with_the_version_least_loaded_first() {
+    use crate::mesh::status::{self, PeerState};
+    let ad = |v: &str, board| BundleAd {
+        version: v.parse().unwrap(),
+        board,
+        manifest_sha256: "0f".repeat(32),
+        size: 10,
+    };
+    let mut st = status::tests::status();
+    let template = st.peers[0].clone();
+    let peer = |n: u8, state, load, bundles| status::PeerStatus {
+        ipv6: format!("fd00::{n}").parse().unwrap(),
+        hostname: Some(format!("n{n}")),
+        state,
+        load,
+        bundles,
+        ..template.clone()
+    };
+    st.peers = vec![
+        peer(
+            2,
+            PeerState::Alive,
+            50,
+            vec![ad("0.2.0", BoardId::X86_64Uefi)],
+        ),
+        peer(
+            3,
+            PeerState::Alive,
+            0,
+            vec![ad("0.2.0", BoardId::X86_64Uefi)],
+        ),
+        peer(
+            4,
+            PeerState::Dead,
+            0,
+            vec![ad("0.2.0", BoardId::X86_64Uefi)],
+        ),
+        peer(
+            5,
+            PeerState::Alive,
+            0,
+            vec![ad("0.2.0", BoardId::Arm64Uefi)],
+        ),
+        peer(
+            6,
+            PeerState::Alive,
+            0,
+            vec![ad("0.1.9", BoardId::X86_64Uefi)],
+        ),
+        peer(7, PeerState::Alive, 0, vec![]),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    status::write(dir.path(), &st).unwrap();
+    let peers = MeshPeers {
+        status_dir: dir.path().to_path_buf(),
+        port: 8080,
+    };
+    let got = peers.offering(&"0.2.0".parse().unwrap(), BoardId::X86_64Uefi);
+    let urls: Vec<&str> = got.iter().map(|p| p.url.as_str()).collect();
+    let sha = "0f".repeat(32);
+    assert_eq!(
+        urls,
+        vec![
+            format!("http://[fd00::3]:8080/v1/bundles/{sha}"),
+            format!("http://[fd00::2]:8080/v1/bundles/{sha}"),
+        ]
+    );
+    assert!(peers
+        .offering(&"0.3.0".parse().unwrap(), BoardId::X86_64Uefi)
+        .is_empty());
+}
