@@ -807,6 +807,9 @@ pub struct StatusReport {
     pub tryboot: Option<String>,
     /// The last poll of the update channel, if any.
     pub poll: Option<poll::PollRecord>,
+    /// The bundle kept for mesh peers, if any ([`share`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shared: Vec<basalt_formats::mesh::BundleAd>,
 }
 
 impl StatusReport {
@@ -845,6 +848,12 @@ impl StatusReport {
             out += &format!(
                 "failed update: {} in slot {} rolled back\n",
                 f.version, f.slot
+            );
+        }
+        for b in &self.shared {
+            out += &format!(
+                "kept for mesh peers: {} for {} ({} bytes, manifest {})\n",
+                b.version, b.board, b.size, b.manifest_sha256
             );
         }
         if let Some(p) = &self.poll {
@@ -901,6 +910,7 @@ pub fn status(device: &Device) -> Result<StatusReport, UpdateError> {
         state: UpdateState::load(&device.state_dir).map_err(io_err("update state"))?,
         tryboot,
         poll: poll::PollRecord::load(&device.state_dir),
+        shared: share::BundleCache::in_state_dir(&device.state_dir).list(),
     })
 }
 

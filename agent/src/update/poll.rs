@@ -10,7 +10,7 @@
 //! Each poll's outcome is kept in `poll.json` beside the update state and
 //! shown by `basalt-agent update status`.
 
-use super::share::{check_and_stage, Sharing, MAX_PEER_TRIES};
+use super::share::{check_and_stage, peer_fetcher, Sharing, MAX_PEER_TRIES};
 use super::state::{SlotRecord, UpdateState};
 use super::{apply, io_err, Device, Disposition, UpdateError};
 use crate::fetch::{FetchError, Fetcher};
@@ -553,7 +553,9 @@ fn poll_inner(
                     let mut from_peer = None;
                     let peers = sharing.peers.offering(&doc.version, device.release.board);
                     let mut tried = Vec::new();
+                    let peer_fetcher = (!peers.is_empty()).then(|| peer_fetcher(fetcher));
                     for p in peers.iter().take(MAX_PEER_TRIES) {
+                        let fetcher = peer_fetcher.as_ref().unwrap_or(fetcher);
                         info!(
                             "update poll: peer {} offers {version}; fetching {}",
                             p.node, p.url

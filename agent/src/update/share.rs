@@ -36,6 +36,10 @@ pub const MIN_FREE_BYTES: u64 = 1 << 30;
 pub const MIN_FREE_PERCENT: u64 = 10;
 /// Peers tried for a bundle before the channel.
 pub const MAX_PEER_TRIES: usize = 2;
+/// Longest wait for a connection to a peer, at most.
+pub const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Attempts in a row without a byte before a peer is given up, at most.
+pub const PEER_ATTEMPTS: u32 = 3;
 /// The path of the bundle API on the agent's HTTP server.
 pub const BUNDLE_ROUTE: &str = "/v1/bundles";
 
@@ -202,6 +206,16 @@ impl BundlePeers for MeshPeers {
         peers.sort_by_key(|(load, r, _)| (*load, *r));
         peers.into_iter().map(|(_, _, p)| p).collect()
     }
+}
+
+/// A client for peers: `fetcher`'s, with a shorter connect timeout and
+/// fewer attempts, so that a peer that is gone costs seconds, not minutes,
+/// before the channel.
+pub fn peer_fetcher(fetcher: &Fetcher) -> Fetcher {
+    let mut o = fetcher.options().clone();
+    o.connect_timeout = o.connect_timeout.min(PEER_CONNECT_TIMEOUT);
+    o.attempts = o.attempts.min(PEER_ATTEMPTS);
+    Fetcher::new(o).unwrap_or_else(|_| fetcher.clone())
 }
 
 /// What a poll does with peers and the cache.

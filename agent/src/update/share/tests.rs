@@ -159,7 +159,15 @@ fn a_bundle_from_a_peer_spares_the_channel() {
     assert!(peer_server.requests().iter().any(|r| r.range.is_some()));
     let slot_b = std::fs::read(&f.device.slot_devices[1].1).unwrap();
     assert_eq!(&slot_b[..rootfs.len()], &rootfs[..]);
-    // Kept, so this node serves it on in turn.
+    // Kept, so this node serves it on in turn; `update status` says so.
+    let status = crate::update::status(&f.device).unwrap();
+    assert!(
+        status
+            .human()
+            .contains("kept for mesh peers: 0.2.0 for x86_64-uefi"),
+        "{}",
+        status.human()
+    );
     assert_eq!(
         cache(&f).list(),
         vec![BundleAd {
