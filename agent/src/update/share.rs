@@ -259,15 +259,12 @@ impl Sharing {
 }
 
 /// Whether the cloud-config in force shares bundles with mesh peers:
-/// `basalt.update.share`, on by default when `basalt.mesh` is set.
+/// `basalt.update.share`, on by default; never without `basalt.mesh`,
+/// as there is no one to share with.
 pub fn configured() -> bool {
     crate::provision::current_config(Path::new(crate::provision::STATE_DIR))
         .and_then(|c| c.basalt)
-        .is_some_and(|b| {
-            b.update
-                .as_ref()
-                .is_some_and(|u| u.shares(b.mesh.is_some()))
-        })
+        .is_some_and(|b| b.mesh.is_some() && b.update.as_ref().is_some_and(|u| u.shares(true)))
 }
 
 /// The bundle file being written beside a download.
