@@ -450,3 +450,40 @@ fn mesh_peers_offer_live_peers_with_the_version_least_loaded_first() {
         .offering(&"0.3.0".parse().unwrap(), BoardId::X86_64Uefi)
         .is_empty());
 }
+
+#[test]
+fn a_peer_that_is_gone_sends_the_node_to_the_channel() {
+    let f = fixture();
+    let rootfs = noise(16, 100_000);
+    let good = bundle(&f.key, "0.2.0", &rootfs, false);
+    let sha = manifest_sha(&good);
+    let (_origin, url) = origin(good);
+    // Nothing listens there.
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let p = PeerBundle {
+        node: "node-gone".into(),
+        url: format!("http://127.0.0.1:{gone}{BUNDLE_ROUTE}/{sha}"),
+        load: 0,
+    };
+    let t = std::time::Instant::now();
+    let rec = poll_shared(
+        &f.device,
+        &url,
+        &quick(),
+        Mode::StageOnly,
+        &mut || Ok(()),
+        &sharing(&f, vec![p]),
+    )
+    .unwrap();
+    assert_eq!(rec.outcome, Outcome::Staged, "{rec:?}");
+    assert!(
+        rec.detail.contains("mesh peers failed: node-gone:"),
+        "{rec:?}"
+    );
+    assert!(t.elapsed() < std::time::Duration::from_secs(10));
+    let slot_b = std::fs::read(&f.device.slot_devices[1].1).unwrap();
+    assert_eq!(&slot_b[..rootfs.len()], &rootfs[..]);
+}
