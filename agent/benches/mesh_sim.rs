@@ -70,6 +70,7 @@ impl Sim {
                     ipv4: "10.77.0.1".parse().unwrap(),
                     models: vec![],
                     load: basalt_formats::mesh::Load::new(0).unwrap(),
+                    bundles: vec![],
                 },
                 MembershipConfig::default(),
                 now,

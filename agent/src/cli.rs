@@ -957,15 +957,23 @@ fn run_update(cmd: UpdateCommand) -> anyhow::Result<()> {
             } else {
                 poll::Mode::Apply
             };
-            let record = poll::poll(&device, &channel, &fetcher, mode, &mut update::reboot)
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "{e} [{}]",
-                        serde_json::to_string(&e.disposition())
-                            .unwrap_or_default()
-                            .trim_matches('"')
-                    )
-                })?;
+            let sharing = update::share::Sharing::on_device(update::share::configured());
+            let record = poll::poll_shared(
+                &device,
+                &channel,
+                &fetcher,
+                mode,
+                &mut update::reboot,
+                &sharing,
+            )
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e} [{}]",
+                    serde_json::to_string(&e.disposition())
+                        .unwrap_or_default()
+                        .trim_matches('"')
+                )
+            })?;
             print(json, &record, record.detail.clone());
         }
         UpdateCommand::Status { json } => {

@@ -58,6 +58,14 @@ fn start_mesh(token: basalt_formats::mesh::NetworkToken, key: ed25519_dalek::Sig
                 "basalt0".to_string(),
             );
             config.advert = Some(crate::serve::route::ADVERT_PATH.into());
+            if crate::update::share::configured() {
+                config.bundles = Some(
+                    crate::update::share::BundleCache::in_state_dir(Path::new(
+                        crate::update::state::STATE_DIR,
+                    ))
+                    .dir,
+                );
+            }
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -116,6 +124,14 @@ fn start_inference(
             status_dir: std::path::PathBuf::from(crate::cli::DEVICE_MESH_DIR),
             port: crate::serve::DEFAULT_PORT,
         }));
+        if crate::update::share::configured() {
+            server = server.with_bundles(
+                crate::update::share::BundleCache::in_state_dir(Path::new(
+                    crate::update::state::STATE_DIR,
+                ))
+                .dir,
+            );
+        }
     }
     let spawned = std::thread::Builder::new()
         .name("inference".into())
@@ -247,6 +263,8 @@ fn start_update_poller(update: basalt_formats::cloud_config::Update) {
                 Ok(f) => f,
                 Err(e) => return log::error!("automatic updates: {e}"),
             };
+            let sharing =
+                crate::update::share::Sharing::on_device(crate::update::share::configured());
             let mut wait = poll::first_delay(interval, rand::random());
             info!(
                 "automatic updates: polling {} every {} s (±10 %), first in {} s",
@@ -259,12 +277,13 @@ fn start_update_poller(update: basalt_formats::cloud_config::Update) {
                 match crate::update::Device::open() {
                     // The outcome is logged and kept in poll.json.
                     Ok(device) => {
-                        let _ = poll::poll(
+                        let _ = poll::poll_shared(
                             &device,
                             &update.channel,
                             &fetcher,
                             poll::Mode::Apply,
                             &mut crate::update::reboot,
+                            &sharing,
                         );
                     }
                     Err(e) => log::error!("update poll: {e}"),

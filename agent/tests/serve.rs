@@ -686,3 +686,165 @@ async fn when_no_peer_answers_the_error_names_them() {
         "{resp}"
     );
 }
+
+/// This host's address on the way out (not loopback) and an `Access`
+/// whose mesh range holds it: a private IPv4 address, or a unique local
+/// IPv6 one. A request to it is then from the mesh, or, with `mesh` false,
+/// neither local nor from the mesh.
+fn outward(node_dir: &Path, mesh: bool) -> Option<(std::net::IpAddr, serve::access::Access)> {
+    use std::net::IpAddr;
+    let local = |bind: &str, to: &str| {
+        let s = std::net::UdpSocket::bind(bind).ok()?;
+        s.connect(to).ok()?;
+        Some(s.local_addr().ok()?.ip())
+    };
+    let mut access = serve::access::Access {
+        clients_dir: node_dir.to_path_buf(),
+        ..Default::default()
+    };
+    if let Some(IpAddr::V4(v4)) = local("0.0.0.0:0", "192.0.2.1:9") {
+        let o = v4.octets();
+        if let Ok(r) =
+            basalt_formats::mesh::Ipv4Range::new(std::net::Ipv4Addr::new(o[0], o[1], o[2], 0), 24)
+        {
+            if mesh {
+                access.mesh_v4 = Some(r);
+            }
+            return Some((IpAddr::V4(v4), access));
+        }
+    }
+    if let Some(IpAddr::V6(v6)) = local("[::]:0", "[fd00::1]:9") {
+        let o = v6.octets();
+        if let Ok(p) =
+            basalt_formats::mesh::MeshPrefix::from_bytes([o[0], o[1], o[2], o[3], o[4], o[5]])
+        {
+            if mesh {
+                access.mesh_v6 = Some(p);
+            }
+            return Some((IpAddr::V6(v6), access));
+        }
+    }
+    None
+}
+
+/// A server with no models that serves the bundles in `dir` on every address.
+async fn bundle_server(dir: &Path, access: serve::access::Access) -> u16 {
+    let server = Server::new(
+        models::Registry::new(None),
+        Limits::default(),
+        access,
+        None,
+        None,
+    )
+    .with_bundles(dir.to_path_buf());
+    let listener = tokio::net::TcpListener::bind("[::]:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    port
+}
+
+#[tokio::test]
+async fn bundles_are_served_to_mesh_peers_with_ranges_and_refused_to_others() {
+    let dirs = tempfile::tempdir().unwrap();
+    let Some((ip, access)) = outward(&dirs.path().join("node"), true) else {
+        eprintln!("skipped: this host has no private IPv4 or unique local IPv6 address");
+        return;
+    };
+    let host = std::net::SocketAddr::new(ip, 0).to_string();
+    let ip = host.trim_end_matches(":0").to_string();
+    let bundles = dirs.path().join("bundles");
+    std::fs::create_dir_all(&bundles).unwrap();
+    let sha = "ab".repeat(32);
+    let data: Vec<u8> = (0..700_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let len = data.len();
+    std::fs::write(bundles.join(format!("{sha}.basalt")), &data).unwrap();
+    let port = bundle_server(&bundles, access).await;
+    let url = format!("http://{ip}:{port}/v1/bundles/{sha}");
+    let client = reqwest::Client::new();
+
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["accept-ranges"], "bytes");
+    assert_eq!(r.headers()["etag"], format!("\"{sha}\"").as_str());
+    assert_eq!(r.bytes().await.unwrap(), data);
+
+    let r = client
+        .get(&url)
+        .header("Range", "bytes=1000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 1000-{}/{len}", len - 1).as_str()
+    );
+    assert_eq!(r.bytes().await.unwrap(), data[1000..]);
+
+    let r = client
+        .get(&url)
+        .header("Range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap(), data[10..20]);
+
+    // If-Range that is not this bundle: the whole file.
+    let r = client
+        .get(&url)
+        .header("Range", "bytes=10-19")
+        .header("If-Range", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let r = client
+        .get(&url)
+        .header("Range", format!("bytes={len}-"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes */{len}").as_str()
+    );
+
+    let r = client.head(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], len.to_string().as_str());
+    assert!(r.bytes().await.unwrap().is_empty());
+
+    let other = format!("http://{ip}:{port}/v1/bundles/{}", "cd".repeat(32));
+    assert_eq!(client.get(&other).send().await.unwrap().status(), 404);
+    let bad = format!("http://{ip}:{port}/v1/bundles/..%2Fetc");
+    assert_eq!(client.get(&bad).send().await.unwrap().status(), 404);
+
+    // The agent's own download code resumes against it, as against a channel.
+    let from = url.clone();
+    let got = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let f = basalt_agent::fetch::Fetcher::new(Default::default()).unwrap();
+        let mut d = f.open_at(&from, 5000).unwrap();
+        let mut v = Vec::new();
+        d.read_to_end(&mut v).unwrap();
+        v
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, data[5000..]);
+
+    // Not a mesh peer: no credentials is 401; an allowed token is 403.
+    let node_dir = dirs.path().join("node2");
+    let token = basalt_agent::serve::tokens::create(&node_dir, "dashboard", 1).unwrap();
+    let (_, access) = outward(&node_dir, false).unwrap();
+    let port = bundle_server(&bundles, access).await;
+    let url = format!("http://{ip}:{port}/v1/bundles/{sha}");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
+    let r = client.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("mesh peers only"), "{body}");
+}

@@ -37,6 +37,8 @@ struct Shared {
     routes: HashMap<String, Route>,
     /// Each request: path, and the Range and If-Range and User-Agent headers.
     log: Vec<Request>,
+    /// Body bytes written to the socket, by path.
+    sent: HashMap<String, u64>,
 }
 
 /// One request as the server saw it.
@@ -89,6 +91,18 @@ impl TestServer {
 
     pub fn requests(&self) -> Vec<Request> {
         self.shared.lock().unwrap().log.clone()
+    }
+
+    /// Body bytes written to the socket for `path` so far (the kernel may
+    /// have taken some that a client that hung up never read).
+    pub fn bytes_sent(&self, path: &str) -> u64 {
+        self.shared
+            .lock()
+            .unwrap()
+            .sent
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -171,7 +185,12 @@ fn handle(conn: TcpStream, shared: &Mutex<Shared>) {
         .max(start)
         .min(start.saturating_add(max_bytes))
         .min(len);
-    let _ = out.write_all(&body[start as usize..end as usize]);
+    for chunk in body[start as usize..end as usize].chunks(16 << 10) {
+        if out.write_all(chunk).is_err() {
+            break;
+        }
+        *shared.lock().unwrap().sent.entry(path.clone()).or_default() += chunk.len() as u64;
+    }
     let _ = out.flush();
     let _ = out.shutdown(Shutdown::Both);
 }

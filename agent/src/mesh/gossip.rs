@@ -437,6 +437,8 @@ pub struct OwnInfo {
     pub models: Vec<basalt_formats::mesh::ModelName>,
     /// How busy its inference server is.
     pub load: Load,
+    /// The update bundles it serves to peers.
+    pub bundles: Vec<basalt_formats::mesh::BundleAd>,
 }
 
 /// Why membership could not start.
@@ -733,6 +735,7 @@ impl Membership {
             capabilities: Capabilities {
                 models: self.own.models.clone(),
                 load: self.own.load,
+                bundles: self.own.bundles.clone(),
                 agent_version: env!("CARGO_PKG_VERSION")
                     .parse()
                     .expect("the crate version is semver"),
@@ -766,7 +769,7 @@ impl Membership {
             return Ok(());
         }
         log::info!(
-            "descriptor changes: endpoints {:?} -> {:?}, ipv4 {} -> {}, models {:?} -> {:?}, load {} -> {}",
+            "descriptor changes: endpoints {:?} -> {:?}, ipv4 {} -> {}, models {:?} -> {:?}, load {} -> {}, bundles {:?} -> {:?}",
             self.own.endpoints,
             own.endpoints,
             self.own.ipv4,
@@ -774,7 +777,9 @@ impl Membership {
             self.own.models,
             own.models,
             self.own.load.percent(),
-            own.load.percent()
+            own.load.percent(),
+            self.own.bundles.iter().map(|b| b.version.to_string()).collect::<Vec<_>>(),
+            own.bundles.iter().map(|b| b.version.to_string()).collect::<Vec<_>>()
         );
         let old = std::mem::replace(&mut self.own, own);
         if let Err(e) = self.sign_own(now) {
@@ -1115,6 +1120,7 @@ mod tests {
                 ipv4: format!("10.77.0.{i}").parse().unwrap(),
                 models: vec![],
                 load: Load::new(0).unwrap(),
+                bundles: vec![],
             },
             MembershipConfig::default(),
             now,

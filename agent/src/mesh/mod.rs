@@ -204,6 +204,7 @@ mod tests {
                 models: vec![],
                 load: Load::new(0).unwrap(),
                 agent_version: "0.1.0".parse().unwrap(),
+                bundles: vec![],
             },
             seq,
             issued_at: 1_735_689_600 + seq,

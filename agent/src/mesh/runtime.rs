@@ -82,6 +82,9 @@ pub struct MeshConfig {
     /// What this node's inference server serves ([`crate::serve::Advert`]),
     /// advertised in its descriptor; `None`: nothing.
     pub advert: Option<PathBuf>,
+    /// Where this node keeps update bundles for its peers
+    /// ([`crate::update::share`]), advertised in its descriptor; `None`: none.
+    pub bundles: Option<PathBuf>,
 }
 
 impl MeshConfig {
@@ -99,6 +102,7 @@ impl MeshConfig {
             membership: MembershipConfig::default(),
             beacons: true,
             advert: None,
+            bundles: None,
         }
     }
 }
@@ -301,6 +305,7 @@ impl<D: WgDevice, T: Tools> Mesh<D, T> {
                 ipv4,
                 models: Vec::new(),
                 load: Load::new(0).expect("0 is a load"),
+                bundles: Vec::new(),
             },
             config.membership.clone(),
             now,
@@ -356,6 +361,12 @@ impl<D: WgDevice, T: Tools> Mesh<D, T> {
             ipv4,
             models: advert.models,
             load: Load::new(advert.load.min(100)).expect("at most 100"),
+            bundles: self
+                .config
+                .bundles
+                .as_deref()
+                .map(crate::update::share::list)
+                .unwrap_or_default(),
         };
         if let Err(e) = self.membership.update_own(own, now) {
             log::warn!("{e}");
@@ -448,6 +459,7 @@ impl<D: WgDevice, T: Tools> Mesh<D, T> {
                         .map(|m| m.to_string())
                         .collect(),
                     load: d.capabilities.load.percent(),
+                    bundles: d.capabilities.bundles.clone(),
                 }
             })
             .collect();

@@ -57,6 +57,9 @@ pub struct PeerStatus {
     /// How busy its inference server is, percent.
     #[serde(default)]
     pub load: u8,
+    /// The update bundles it serves to peers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bundles: Vec<basalt_formats::mesh::BundleAd>,
 }
 
 /// This node's mesh, as last written.
@@ -216,11 +219,11 @@ impl MeshStatus {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ed25519_dalek::SigningKey;
 
-    fn status() -> MeshStatus {
+    pub(crate) fn status() -> MeshStatus {
         let id = NodeId::from_verifying_key(&SigningKey::from_bytes(&[1; 32]).verifying_key());
         MeshStatus {
             updated_unix: 1,
@@ -251,6 +254,7 @@ mod tests {
                 on_device: true,
                 models: vec!["magika".into()],
                 load: 25,
+                bundles: vec![],
             }],
         }
     }

@@ -9,6 +9,7 @@
 //! | `POST /v2/models/{name}/infer` | runs the model on JSON tensors |
 //! | `GET /health` | node and per-model state, JSON |
 //! | `GET /metrics` | Prometheus text format |
+//! | `GET`/`HEAD /v1/bundles/{manifest-sha256}` | an update bundle this node keeps, to mesh peers only, with ranges ([`bundles`]) |
 //!
 //! Limits, each with its status: a body over `max_request_bytes` is 413; a
 //! full queue is 429 with `Retry-After`; a request not answered within
@@ -19,6 +20,7 @@
 
 pub mod access;
 mod batcher;
+pub mod bundles;
 pub mod install;
 pub mod route;
 pub mod tokens;
@@ -129,6 +131,8 @@ pub struct Server {
     pub directory: Option<Arc<dyn route::Directory>>,
     /// The client for forwarded requests.
     http: reqwest::Client,
+    /// Where update bundles kept for mesh peers are ([`bundles`]); `None`: none served.
+    pub bundles: Option<std::path::PathBuf>,
 }
 
 impl Server {
@@ -151,12 +155,19 @@ impl Server {
             answered: Arc::new(AtomicUsize::new(0)),
             directory: None,
             http: reqwest::Client::new(),
+            bundles: None,
         }
     }
 
     /// Forwards requests for models this node lacks to the peers `d` names.
     pub fn with_directory(mut self, d: Arc<dyn route::Directory>) -> Server {
         self.directory = Some(d);
+        self
+    }
+
+    /// Serves the update bundles kept in `dir` to mesh peers.
+    pub fn with_bundles(mut self, dir: std::path::PathBuf) -> Server {
+        self.bundles = Some(dir);
         self
     }
 
@@ -264,6 +275,7 @@ impl Server {
             .route("/v2/models/{name}/infer", post(infer))
             .route("/health", get(health))
             .route("/metrics", get(metrics_text))
+            .route("/v1/bundles/{sha256}", get(bundles::bundle))
             .fallback(not_found)
             .with_state(self)
     }
@@ -296,7 +308,7 @@ impl Server {
 }
 
 /// An error answer: `{"error": "..."}` with its status.
-fn error(status: u16, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: u16, message: impl Into<String>) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
@@ -310,7 +322,7 @@ fn now_s() -> u64 {
 /// Who the caller is, for requests without a body.
 // The refusal is the answer itself, as axum handlers return it.
 #[allow(clippy::result_large_err)]
-fn caller(
+pub(crate) fn caller(
     s: &Server,
     peer: SocketAddr,
     headers: &HeaderMap,

@@ -31,6 +31,7 @@
 pub mod esp;
 pub mod health;
 pub mod poll;
+pub mod share;
 pub mod state;
 pub mod tryboot;
 
@@ -99,6 +100,8 @@ pub enum UpdateError {
         expected: Sha256Digest,
         found: String,
     },
+    #[error("the bundle is version {found}, not {expected}")]
+    WrongVersion { expected: String, found: String },
     #[error("{0}")]
     Unsupported(String),
     #[error("tryboot: {0}")]
@@ -403,7 +406,7 @@ pub const RESUME_EVERY: u64 = 32 << 20;
 
 /// `update stage`: writes the inactive slot from the bundle. See the module docs.
 pub fn stage(source: impl Read, device: &Device) -> Result<CheckReport, UpdateError> {
-    stage_with(Box::new(source), None, device)
+    stage_with(Box::new(source), None, device, None)
 }
 
 /// [`stage`] from a source that can be read again from any byte: a stage of
@@ -411,13 +414,27 @@ pub fn stage(source: impl Read, device: &Device) -> Result<CheckReport, UpdateEr
 /// reboot) goes on from the last frame boundary it recorded, after checking
 /// the bundle's signatures again.
 pub fn stage_resumable(source: &dyn Reopen, device: &Device) -> Result<CheckReport, UpdateError> {
-    stage_with(source.open_at(0)?, Some(source), device)
+    stage_with(source.open_at(0)?, Some(source), device, None)
+}
+
+/// [`stage_resumable`] of a bundle that must be of `version`, checked with
+/// the signatures, before anything is written: for a bundle from a source
+/// that is trusted to say nothing about which version to install (a mesh
+/// peer), so that it cannot make the device take another signed version
+/// than the channel's.
+pub fn stage_resumable_expecting(
+    source: &dyn Reopen,
+    device: &Device,
+    version: &semver::Version,
+) -> Result<CheckReport, UpdateError> {
+    stage_with(source.open_at(0)?, Some(source), device, Some(version))
 }
 
 fn stage_with(
     source: Box<dyn Read + '_>,
     reopen: Option<&dyn Reopen>,
     device: &Device,
+    expect: Option<&semver::Version>,
 ) -> Result<CheckReport, UpdateError> {
     if device.tryboot.is_some() {
         return Err(UpdateError::Unsupported(
@@ -428,6 +445,15 @@ fn stage_with(
     let head = BundleReader::new(source)?;
     let manifest_sha256 = Sha256Digest::of(head.manifest_bytes()).to_string();
     let payloads = head.verify(policy)?;
+    if let Some(want) = expect {
+        let found = &payloads.manifest().version;
+        if found != want {
+            return Err(UpdateError::WrongVersion {
+                expected: want.to_string(),
+                found: found.to_string(),
+            });
+        }
+    }
     let report = decide(payloads.manifest(), device)?;
     let mut bases = delta_bases(payloads.manifest(), device)?;
     let manifest = payloads.manifest().clone();
@@ -781,6 +807,9 @@ pub struct StatusReport {
     pub tryboot: Option<String>,
     /// The last poll of the update channel, if any.
     pub poll: Option<poll::PollRecord>,
+    /// The bundle kept for mesh peers, if any ([`share`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shared: Vec<basalt_formats::mesh::BundleAd>,
 }
 
 impl StatusReport {
@@ -819,6 +848,12 @@ impl StatusReport {
             out += &format!(
                 "failed update: {} in slot {} rolled back\n",
                 f.version, f.slot
+            );
+        }
+        for b in &self.shared {
+            out += &format!(
+                "kept for mesh peers: {} for {} ({} bytes, manifest {})\n",
+                b.version, b.board, b.size, b.manifest_sha256
             );
         }
         if let Some(p) = &self.poll {
@@ -875,6 +910,7 @@ pub fn status(device: &Device) -> Result<StatusReport, UpdateError> {
         state: UpdateState::load(&device.state_dir).map_err(io_err("update state"))?,
         tryboot,
         poll: poll::PollRecord::load(&device.state_dir),
+        shared: share::BundleCache::in_state_dir(&device.state_dir).list(),
     })
 }
 

@@ -10,8 +10,9 @@
 //! Each poll's outcome is kept in `poll.json` beside the update state and
 //! shown by `basalt-agent update status`.
 
+use super::share::{check_and_stage, peer_fetcher, Sharing, MAX_PEER_TRIES};
 use super::state::{SlotRecord, UpdateState};
-use super::{apply, check_bundle, io_err, Device, Disposition, UpdateError};
+use super::{apply, io_err, Device, Disposition, UpdateError};
 use crate::fetch::{FetchError, Fetcher};
 use basalt_formats::channel::rollout::{Bucket, Percent};
 use basalt_formats::channel::{self, Channel, ChannelError, MAX_CHANNEL_BYTES};
@@ -307,7 +308,8 @@ struct Progress {
     disarmed: Option<Disarm>,
 }
 
-/// One poll: see the module docs. Writes the outcome to `poll.json`, and logs it.
+/// One poll: see the module docs. Writes the outcome to `poll.json`, and
+/// logs it. Nothing is shared with mesh peers ([`poll_shared`]).
 pub fn poll(
     device: &Device,
     channel_url: &HttpUrl,
@@ -315,8 +317,30 @@ pub fn poll(
     mode: Mode,
     reboot: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<PollRecord, PollError> {
+    poll_shared(device, channel_url, fetcher, mode, reboot, &Sharing::off())
+}
+
+/// [`poll`], asking mesh peers that advertise the version for its full
+/// bundle before the channel, and keeping the bundle staged for peers
+/// ([`super::share`]).
+pub fn poll_shared(
+    device: &Device,
+    channel_url: &HttpUrl,
+    fetcher: &Fetcher,
+    mode: Mode,
+    reboot: &mut dyn FnMut() -> Result<(), String>,
+    sharing: &Sharing,
+) -> Result<PollRecord, PollError> {
     let mut progress = Progress::default();
-    let result = poll_inner(device, channel_url, fetcher, mode, reboot, &mut progress);
+    let result = poll_inner(
+        device,
+        channel_url,
+        fetcher,
+        mode,
+        reboot,
+        sharing,
+        &mut progress,
+    );
     let at = super::now();
     let record = match &result {
         Ok((outcome, detail)) => PollRecord {
@@ -388,6 +412,7 @@ fn poll_inner(
     fetcher: &Fetcher,
     mode: Mode,
     reboot: &mut dyn FnMut() -> Result<(), String>,
+    sharing: &Sharing,
     progress: &mut Progress,
 ) -> Result<(Outcome, String), PollError> {
     let url = channel::document_url(channel_url, device.release.board);
@@ -497,7 +522,7 @@ fn poll_inner(
                         .unwrap_or_else(|| "size not given".into()),
                     d.bundle
                 );
-                match check_and_stage(fetcher, d.bundle.as_str(), device) {
+                match check_and_stage(fetcher, d.bundle.as_str(), device, None, None) {
                     Ok(report) => {
                         how = format!(" from the delta from {}", d.from);
                         Some(report)
@@ -518,9 +543,57 @@ fn poll_inner(
                     }
                 }
             });
+            let cache = sharing.cache.as_ref();
             let report = match delta {
                 Some(report) => report,
-                None => check_and_stage(fetcher, &bundle, device)?,
+                None => {
+                    // Peers first: whatever they send is verified as the
+                    // channel's bundle would be, and any failure falls
+                    // back to the channel.
+                    let mut from_peer = None;
+                    let peers = sharing.peers.offering(&doc.version, device.release.board);
+                    let mut tried = Vec::new();
+                    let peer_fetcher = (!peers.is_empty()).then(|| peer_fetcher(fetcher));
+                    for p in peers.iter().take(MAX_PEER_TRIES) {
+                        let fetcher = peer_fetcher.as_ref().unwrap_or(fetcher);
+                        info!(
+                            "update poll: peer {} offers {version}; fetching {}",
+                            p.node, p.url
+                        );
+                        match check_and_stage(fetcher, &p.url, device, cache, Some(&doc.version)) {
+                            Ok(report) => {
+                                how += &format!(" from mesh peer {}", p.node);
+                                from_peer = Some(report);
+                                break;
+                            }
+                            Err(e) => {
+                                warn!(
+                                    "update poll: peer {} did not give {version} ({e}); {}",
+                                    p.node,
+                                    if tried.len() + 1 < peers.len().min(MAX_PEER_TRIES) {
+                                        "trying the next peer"
+                                    } else {
+                                        "taking the channel's bundle"
+                                    }
+                                );
+                                tried.push(format!("{}: {e}", p.node));
+                            }
+                        }
+                    }
+                    match from_peer {
+                        Some(report) => report,
+                        None => {
+                            let report = check_and_stage(fetcher, &bundle, device, cache, None)?;
+                            if !tried.is_empty() {
+                                how += &format!(
+                                    " from the channel (mesh peers failed: {})",
+                                    tried.join("; ")
+                                );
+                            }
+                            report
+                        }
+                    }
+                }
             };
             info!(
                 "update poll: staged {} in slot {}{how}",
@@ -548,20 +621,6 @@ fn poll_inner(
         Outcome::Applied,
         format!("{version} armed in slot {target}; rebooting into it"),
     ))
-}
-
-/// Checks the bundle at `url` (its head only), then stages it.
-fn check_and_stage(
-    fetcher: &Fetcher,
-    url: &str,
-    device: &Device,
-) -> Result<super::CheckReport, PollError> {
-    check_bundle(fetcher.open(url)?, device)?;
-    let source = super::UrlSource {
-        fetcher,
-        url: url.to_string(),
-    };
-    Ok(super::stage_resumable(&source, device)?)
 }
 
 #[cfg(test)]

@@ -671,6 +671,7 @@ fn check_update(cx: &Ctx, u: UpdateFile) -> Result<Update> {
         trusted_keys,
         threshold: threshold as u32,
         poll_interval,
+        share: u.share,
     })
 }
 

@@ -125,6 +125,7 @@ pub struct UpdateFile {
     pub trusted_keys: Vec<String>,
     pub threshold: Option<u64>,
     pub poll_interval: Option<u64>,
+    pub share: Option<bool>,
 }
 
 /// One entry of `basalt.models`.

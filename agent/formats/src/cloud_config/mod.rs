@@ -385,6 +385,18 @@ pub struct Update {
     pub threshold: u32,
     /// Seconds between checks of the channel. Default [`DEFAULT_POLL_INTERVAL_S`].
     pub poll_interval: u64,
+    /// Keep the bundle last staged and serve it to mesh peers, and fetch
+    /// bundles from peers before the channel. `None`: on when a mesh is
+    /// configured ([`Update::shares`]).
+    pub share: Option<bool>,
+}
+
+impl Update {
+    /// Whether bundles are shared with mesh peers, given whether this node
+    /// has a mesh (`basalt.mesh`).
+    pub fn shares(&self, mesh: bool) -> bool {
+        self.share.unwrap_or(mesh)
+    }
 }
 
 /// Default `basalt.update.poll_interval`: one hour.

@@ -435,16 +435,21 @@ fn basalt_alias_and_mesh() {
 fn basalt_update() {
     let b64 = base64::engine::general_purpose::STANDARD.encode(hex::decode(K2).unwrap());
     let c = ok(&basalt(&format!(
-        "  update:\n    channel: https://updates.example/stable\n    trusted_keys: [{K1}, '{b64}']\n    threshold: 2\n    poll_interval: 600\n"
+        "  update:\n    channel: https://updates.example/stable\n    trusted_keys: [{K1}, '{b64}']\n    threshold: 2\n    poll_interval: 600\n    share: false\n"
     )));
     let u = c.basalt.unwrap().update.unwrap();
     assert_eq!(u.trusted_keys[1].to_string(), K2);
     assert_eq!((u.threshold, u.poll_interval), (2, 600));
+    assert_eq!(u.share, Some(false));
+    assert!(!u.shares(true));
     let d = ok(&basalt(&format!(
         "  update: {{channel: 'http://10.0.0.2/u', trusted_keys: [{K1}]}}\n"
     )));
     let u = d.basalt.unwrap().update.unwrap();
     assert_eq!((u.threshold, u.poll_interval), (1, DEFAULT_POLL_INTERVAL_S));
+    // Unset: shared exactly when the node has a mesh.
+    assert_eq!(u.share, None);
+    assert!(u.shares(true) && !u.shares(false));
 
     let upd = |rest: &str| {
         basalt(&format!(
@@ -488,6 +493,8 @@ fn basalt_update() {
         "basalt.update.channel",
         "not an http:// or https:// URL",
     );
+    let e = err(&upd(&format!("trusted_keys: [{K1}], share: sometimes")));
+    assert!(e.to_string().contains("share"), "{e}");
     let e = err(&basalt("  update: {channel: 'https://u.example'}\n"));
     assert!(
         e.to_string().contains("missing field `trusted_keys`"),

@@ -33,6 +33,8 @@ pub const MAX_DESCRIPTOR_BYTES: usize = 8 * 1024;
 pub const MAX_ENDPOINTS: usize = 16;
 /// Most models a descriptor may list.
 pub const MAX_MODELS: usize = 64;
+/// Most update bundles a descriptor may list.
+pub const MAX_BUNDLES: usize = 4;
 /// What a signature covers before the descriptor's bytes.
 pub const SIGNING_CONTEXT: &[u8] = b"basalt-mesh-v1 node-descriptor\0";
 
@@ -111,6 +113,23 @@ impl<'de> Deserialize<'de> for Load {
     }
 }
 
+/// An update bundle a node keeps and serves to its mesh peers
+/// (`GET /v1/bundles/{manifest_sha256}` on its inference port). Nothing
+/// here is trusted: a peer that fetches it verifies its signatures and
+/// digests as it would from the update channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleAd {
+    /// The bundle's version.
+    pub version: semver::Version,
+    /// A board it is for.
+    pub board: crate::BoardId,
+    /// SHA-256 of its manifest, 64 lowercase hex digits: its name on the node.
+    pub manifest_sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
 /// What a node offers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +140,10 @@ pub struct Capabilities {
     pub load: Load,
     /// The version of its basalt-agent.
     pub agent_version: semver::Version,
+    /// Update bundles it serves to peers; absent in older descriptors, and
+    /// left out when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bundles: Vec<BundleAd>,
 }
 
 /// What a node says about itself.
@@ -271,6 +294,22 @@ impl NodeDescriptor {
                 return Err(invalid(
                     "capabilities.models",
                     format!("{m:?} is listed twice", m = m.as_str()),
+                ));
+            }
+        }
+        let bundles = &self.capabilities.bundles;
+        if bundles.len() > MAX_BUNDLES {
+            return Err(invalid(
+                "capabilities.bundles",
+                format!("{} listed; at most {MAX_BUNDLES}", bundles.len()),
+            ));
+        }
+        for b in bundles {
+            let s = &b.manifest_sha256;
+            if s.len() != 64 || !s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+                return Err(invalid(
+                    "capabilities.bundles",
+                    format!("{s:?} is not 64 lowercase hex digits"),
                 ));
             }
         }
@@ -461,6 +500,7 @@ mod tests {
             capabilities: Capabilities {
                 models: vec!["resnet50".parse().unwrap()],
                 load: Load::new(12).unwrap(),
+                bundles: vec![],
                 agent_version: "0.1.0".parse().unwrap(),
             },
             seq: 7,
@@ -570,6 +610,25 @@ mod tests {
                 edit(&|v| v["capabilities"]["models"] = serde_json::json!(["../etc"])),
                 "invalid model name \"../etc\"",
             ),
+            (
+                edit(&|v| {
+                    v["capabilities"]["bundles"] = serde_json::json!([{
+                        "version": "1.0.0", "board": "x86_64-uefi",
+                        "manifest_sha256": "AB", "size": 1
+                    }])
+                }),
+                "capabilities.bundles: \"AB\" is not 64 lowercase hex digits",
+            ),
+            (
+                edit(&|v| {
+                    let b = serde_json::json!({
+                        "version": "1.0.0", "board": "x86_64-uefi",
+                        "manifest_sha256": "a".repeat(64), "size": 1
+                    });
+                    v["capabilities"]["bundles"] = serde_json::json!([b, b, b, b, b]);
+                }),
+                "capabilities.bundles: 5 listed; at most 4",
+            ),
             (edit(&|v| v["extra"] = 1.into()), "unknown field `extra`"),
             (
                 edit(&|v| v["wg_public_key"] = "nope".into()),
@@ -590,6 +649,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("network"), "{e}");
+    }
+
+    #[test]
+    fn bundles_are_optional_and_round_trip() {
+        let net = network();
+        let k = key(1);
+        let mut d = descriptor(&k, &net);
+        // Without bundles the field is left out, so older agents read it.
+        let bytes = serde_json::to_vec(&d).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("bundles"));
+        SignedDescriptor::sign(&d, &k)
+            .unwrap()
+            .verify(&net)
+            .unwrap();
+        d.capabilities.bundles = vec![BundleAd {
+            version: "0.3.1".parse().unwrap(),
+            board: crate::BoardId::X86_64Uefi,
+            manifest_sha256: "0f".repeat(32),
+            size: 734_003_200,
+        }];
+        let got = SignedDescriptor::sign(&d, &k)
+            .unwrap()
+            .verify(&net)
+            .unwrap();
+        assert_eq!(
+            got.descriptor().capabilities.bundles,
+            d.capabilities.bundles
+        );
     }
 
     #[test]

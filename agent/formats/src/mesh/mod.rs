@@ -19,7 +19,7 @@ pub mod token;
 
 pub use address::{assign_ipv4, mesh_ipv6};
 pub use descriptor::{
-    Capabilities, DescriptorError, Load, ModelName, NodeDescriptor, SignedDescriptor,
+    BundleAd, Capabilities, DescriptorError, Load, ModelName, NodeDescriptor, SignedDescriptor,
     VerifiedDescriptor,
 };
 pub use keys::{derive_keys, BeaconKey, GossipKey, MeshKeys, NetworkId};
