@@ -664,9 +664,11 @@ fn run_bundle_command(command: BundleCommand) -> Result<()> {
                     b.key_id
                 );
                 if let Some(base) = &b.manifest.base_version {
-                    let (packed, raw) = b.manifest.payloads.iter().fold((0, 0), |(p, r), x| {
-                        (p + x.compressed_size, r + x.size)
-                    });
+                    let (packed, raw) = b
+                        .manifest
+                        .payloads
+                        .iter()
+                        .fold((0, 0), |(p, r), x| (p + x.compressed_size, r + x.size));
                     if packed * 2 > raw {
                         eprintln!(
                             "basalt: note: the delta is {:.0} % of the payloads' size: {base} and {} share little (a suite upgrade?), so devices gain little from it over the full bundle",

@@ -190,21 +190,14 @@ pub(crate) fn fixture() -> Fixture {
     }
 }
 
-pub(crate) fn bundle(
+/// A signed bundle of `version` for the fixture's image and board (a delta
+/// from `base_version` when given), its members as given.
+pub(crate) fn signed_bundle(
     key: &SecretKey,
     version: &str,
-    rootfs: &[u8],
-    corrupt_rootfs: bool,
+    base_version: Option<&str>,
+    members: Vec<(Payload, Vec<u8>)>,
 ) -> Vec<u8> {
-    let parts: Vec<(PayloadName, Vec<u8>)> = vec![
-        (PayloadName::Rootfs, rootfs.to_vec()),
-        (PayloadName::Kernel, b"new kernel".to_vec()),
-        (PayloadName::Initrd, b"new initrd".to_vec()),
-    ];
-    let compressed: Vec<Vec<u8>> = parts
-        .iter()
-        .map(|(_, b)| zstd::encode_all(&b[..], 1).unwrap())
-        .collect();
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         name: "demo".into(),
@@ -213,20 +206,36 @@ pub(crate) fn bundle(
         min_version: semver::Version::new(0, 0, 0),
         created: 1,
         rootfs_type: RootfsType::Squashfs,
-        payloads: parts
-            .iter()
-            .zip(&compressed)
-            .map(|((name, raw), c)| Payload::zstd(*name, raw, c))
-            .collect(),
-        base_version: None,
+        payloads: members.iter().map(|(p, _)| p.clone()).collect(),
+        base_version: base_version.map(|v| v.parse().unwrap()),
     };
     let bytes = manifest.to_bytes();
     let sigs = Signatures(vec![SignatureEntry::sign(key, &bytes)]);
     let mut w = BundleWriter::new(Vec::new(), &bytes, &sigs).unwrap();
-    for ((name, _), c) in parts.iter().zip(compressed) {
-        w.payload(*name, &c[..]).unwrap();
+    for (p, c) in &members {
+        w.payload(p.name, &c[..]).unwrap();
     }
-    let mut out = w.finish().unwrap();
+    w.finish().unwrap()
+}
+
+/// A payload compressed as one zstd stream, and its member.
+fn plain(name: PayloadName, raw: &[u8]) -> (Payload, Vec<u8>) {
+    let c = zstd::encode_all(raw, 1).unwrap();
+    (Payload::zstd(name, raw, &c), c)
+}
+
+pub(crate) fn bundle(
+    key: &SecretKey,
+    version: &str,
+    rootfs: &[u8],
+    corrupt_rootfs: bool,
+) -> Vec<u8> {
+    let members = vec![
+        plain(PayloadName::Rootfs, rootfs),
+        plain(PayloadName::Kernel, b"new kernel"),
+        plain(PayloadName::Initrd, b"new initrd"),
+    ];
+    let mut out = signed_bundle(key, version, None, members);
     if corrupt_rootfs {
         // Inside the first payload's member, past the two 512-byte-aligned metadata members.
         let pos = out
@@ -420,37 +429,23 @@ pub(crate) fn delta_bundle(
 ) -> Vec<u8> {
     use basalt_formats::bundle::stream::delta;
     use basalt_formats::bundle::PayloadBase;
-    let mut payloads = Vec::new();
-    let mut members = Vec::new();
-    for ((name, raw), base) in new.iter().zip(bases) {
-        let mut c = Vec::new();
-        delta::encode(base, &raw[..], &mut c, delta::DELTA_LEVEL, |_| ()).unwrap();
-        let mut p = Payload::zstd(*name, raw, &c);
-        p.base = Some(PayloadBase {
-            size: base.len() as u64,
-            sha256: Sha256Digest::of(base),
-        });
-        payloads.push(p);
-        members.push(c);
-    }
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        name: "demo".into(),
-        version: version.parse().unwrap(),
-        boards: vec![BoardId::X86_64Uefi],
-        min_version: semver::Version::new(0, 0, 0),
-        created: 1,
-        rootfs_type: RootfsType::Squashfs,
-        payloads,
-        base_version: Some(base_version.parse().unwrap()),
-    };
-    let bytes = manifest.to_bytes();
-    let sigs = Signatures(vec![SignatureEntry::sign(key, &bytes)]);
-    let mut w = BundleWriter::new(Vec::new(), &bytes, &sigs).unwrap();
-    for ((name, _), c) in new.iter().zip(members) {
-        w.payload(*name, &c[..]).unwrap();
-    }
-    w.finish().unwrap()
+    let members = new
+        .iter()
+        .zip(bases)
+        .map(|((name, raw), base)| {
+            let mut c = Vec::new();
+            delta::encode(base, &raw[..], &mut c, delta::DELTA_LEVEL, |_| ()).unwrap();
+            let p = Payload {
+                base: Some(PayloadBase {
+                    size: base.len() as u64,
+                    sha256: Sha256Digest::of(base),
+                }),
+                ..Payload::zstd(*name, raw, &c)
+            };
+            (p, c)
+        })
+        .collect();
+    signed_bundle(key, version, Some(base_version), members)
 }
 
 /// The fixture's running slot A holding `rootfs`, and its kernel and initrd on the ESP.
@@ -567,31 +562,12 @@ pub(crate) fn framed_bundle(key: &SecretKey, version: &str, rootfs: &[u8]) -> Ve
     use basalt_formats::bundle::stream::delta;
     let mut c = Vec::new();
     delta::encode_frames(None, rootfs, &mut c, 1, 0, |_| ()).unwrap();
-    let kernel = b"new kernel".to_vec();
-    let kc = zstd::encode_all(&kernel[..], 1).unwrap();
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        name: "demo".into(),
-        version: version.parse().unwrap(),
-        boards: vec![BoardId::X86_64Uefi],
-        min_version: semver::Version::new(0, 0, 0),
-        created: 1,
-        rootfs_type: RootfsType::Squashfs,
-        payloads: vec![
-            Payload {
-                frame_size: Some(delta::FRAME_SIZE as u64),
-                ..Payload::zstd(PayloadName::Rootfs, rootfs, &c)
-            },
-            Payload::zstd(PayloadName::Kernel, &kernel, &kc),
-        ],
-        base_version: None,
+    let root = Payload {
+        frame_size: Some(delta::FRAME_SIZE as u64),
+        ..Payload::zstd(PayloadName::Rootfs, rootfs, &c)
     };
-    let bytes = manifest.to_bytes();
-    let sigs = Signatures(vec![SignatureEntry::sign(key, &bytes)]);
-    let mut w = BundleWriter::new(Vec::new(), &bytes, &sigs).unwrap();
-    w.payload(PayloadName::Rootfs, &c[..]).unwrap();
-    w.payload(PayloadName::Kernel, &kc[..]).unwrap();
-    w.finish().unwrap()
+    let members = vec![(root, c), plain(PayloadName::Kernel, b"new kernel")];
+    signed_bundle(key, version, None, members)
 }
 
 /// A bundle source that breaks after `fail_after` bytes of its first

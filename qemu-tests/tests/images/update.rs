@@ -95,6 +95,62 @@ fn entries(vm: &mut basalt::qemu::Vm) -> String {
     .unwrap()
 }
 
+/// Boots `image` (0.1.0, slot A) with a CIDATA volume that names `host`
+/// and trusts `public_key` for updates, and `stick` as a second disk
+/// mounted on /run/stick; waits for the login prompt.
+fn update_vm(
+    name: &str,
+    image: &Path,
+    host: &str,
+    public_key: &str,
+    stick: &Path,
+) -> basalt::qemu::Vm {
+    let mut cfg = vm_config(BoardId::X86_64Uefi, image, name);
+    std::fs::create_dir_all(&cfg.state_dir).unwrap();
+    let cidata = cfg.state_dir.join("cidata.img");
+    cidata_image(
+        &cidata,
+        &format!(
+            "#cloud-config\nhostname: {host}\nbasalt:\n  version: 1\n  update:\n    channel: http://updates.invalid/\n    trusted_keys: [\"{public_key}\"]\n",
+        ),
+        &format!("instance-id: iid-{host}\n"),
+    );
+    cfg.extra_args = extra_disk("cidata", &cidata);
+    cfg.extra_args.extend(extra_disk("stick", stick));
+    let t = Duration::from_secs(60);
+    let (mut vm, line) = boot_to_ready(&cfg);
+    assert!(
+        line.contains("version=0.1.0") && line.contains("slot=a"),
+        "{line}"
+    );
+    vm.wait_for("login:", t)
+        .or_else(|_| vm.wait_for(&format!("root@{host}"), t))
+        .unwrap();
+    vm.run_ok("mkdir -p /run/stick && mount -o ro /dev/vdc /run/stick", t)
+        .unwrap();
+    vm
+}
+
+/// Reboots into the armed slot: the ready line must name `version` in
+/// `slot`; waits for the login prompt and mounts the stick again.
+fn reboot_into(vm: &mut basalt::qemu::Vm, version: &str, slot: &str, host: &str) {
+    let (t, long) = (Duration::from_secs(60), Duration::from_secs(600));
+    let mark = vm.mark();
+    vm.send("systemctl reboot\n").unwrap();
+    let line = vm
+        .wait_for_since(mark, "basalt-agent: ready", long)
+        .unwrap();
+    assert!(
+        line.contains(&format!("version={version}")) && line.contains(&format!("slot={slot}")),
+        "{line}"
+    );
+    vm.wait_for_since(mark, "login:", t)
+        .or_else(|_| vm.wait_for_since(mark, &format!("root@{host}"), t))
+        .unwrap();
+    vm.run_ok("mkdir -p /run/stick && mount -o ro /dev/vdc /run/stick", t)
+        .unwrap();
+}
+
 #[test]
 fn x86_64_update_refusals_commit_and_rollback() {
     if qemu_opted_out() {
@@ -140,33 +196,19 @@ fn x86_64_update_refusals_commit_and_rollback() {
     files.extend([b("tampered.basalt"), b("truncated.basalt")]);
     stick(&b("stick.img"), &files);
 
-    let mut cfg = vm_config(BoardId::X86_64Uefi, &v1.image, "x86_64-update");
-    std::fs::create_dir_all(&cfg.state_dir).unwrap();
-    let cidata = cfg.state_dir.join("cidata.img");
-    cidata_image(
-        &cidata,
-        &format!(
-            "#cloud-config\nhostname: updater\nbasalt:\n  version: 1\n  update:\n    channel: http://updates.invalid/\n    trusted_keys: [\"{}\"]\n",
-            release.public_key
-        ),
-        "instance-id: iid-update\n",
-    );
-    cfg.extra_args = extra_disk("cidata", &cidata);
-    cfg.extra_args.extend(extra_disk("stick", &b("stick.img")));
-
     let t = Duration::from_secs(60);
     let long = Duration::from_secs(600);
-    let (mut vm, line) = boot_to_ready(&cfg);
-    assert!(
-        line.contains("version=0.1.0") && line.contains("slot=a"),
-        "{line}"
+    let mut vm = update_vm(
+        "x86_64-update",
+        &v1.image,
+        "updater",
+        &release.public_key.to_string(),
+        &b("stick.img"),
     );
-    vm.wait_for("login:", t)
-        .or_else(|_| vm.wait_for("root@updater", t))
-        .unwrap();
     vm.run_ok("for i in $(seq 90); do ls /efi/loader/entries | grep -qx basalt-a.conf && break; sleep 1; done", Duration::from_secs(120))
         .unwrap();
-    vm.run_ok("mkdir -p /run/stick && mount -o ro /dev/vdc /run/stick && echo kept > /etc/basalt-update-test && sync", t).unwrap();
+    vm.run_ok("echo kept > /etc/basalt-update-test && sync", t)
+        .unwrap();
     let machine_id = vm.run_ok("cat /etc/machine-id", t).unwrap();
     let before = entries(&mut vm);
     assert!(before.contains("basalt-a.conf"), "{before}");
@@ -203,20 +245,7 @@ fn x86_64_update_refusals_commit_and_rollback() {
     let applied = std::time::Instant::now();
     vm.run_ok("basalt-agent update apply", long).unwrap();
     assert!(entries(&mut vm).contains("basalt-b+3.conf"));
-    let mark = vm.mark();
-    vm.send("systemctl reboot\n").unwrap();
-    let line = vm
-        .wait_for_since(mark, "basalt-agent: ready", long)
-        .unwrap();
-    assert!(
-        line.contains("version=0.2.0") && line.contains("slot=b"),
-        "{line}"
-    );
-    vm.wait_for_since(mark, "login:", t)
-        .or_else(|_| vm.wait_for_since(mark, "root@updater", t))
-        .unwrap();
-    vm.run_ok("mkdir -p /run/stick && mount -o ro /dev/vdc /run/stick", t)
-        .unwrap();
+    reboot_into(&mut vm, "0.2.0", "b", "updater");
     vm.run_ok("for i in $(seq 90); do ls /efi/loader/entries | grep -qx basalt-b.conf && break; sleep 1; done; ls /efi/loader/entries | grep -qx basalt-b.conf", Duration::from_secs(120))
         .unwrap();
     // Within a second of the entry's rename (the loop above polls once a second).
@@ -313,30 +342,15 @@ fn x86_64_delta_update_for_a_one_package_change() {
         &[delta.bundle.clone(), full.clone()],
     );
 
-    let mut cfg = vm_config(BoardId::X86_64Uefi, &v1.image, "x86_64-delta");
-    std::fs::create_dir_all(&cfg.state_dir).unwrap();
-    let cidata = cfg.state_dir.join("cidata.img");
-    cidata_image(
-        &cidata,
-        &format!(
-            "#cloud-config\nhostname: delta\nbasalt:\n  version: 1\n  update:\n    channel: http://updates.invalid/\n    trusted_keys: [\"{}\"]\n",
-            release.public_key
-        ),
-        "instance-id: iid-delta\n",
-    );
-    cfg.extra_args = extra_disk("cidata", &cidata);
-    cfg.extra_args
-        .extend(extra_disk("stick", &work.join("stick.img")));
-
     let t = Duration::from_secs(60);
     let long = Duration::from_secs(600);
-    let (mut vm, line) = boot_to_ready(&cfg);
-    assert!(line.contains("version=0.1.0"), "{line}");
-    vm.wait_for("login:", t)
-        .or_else(|_| vm.wait_for("root@delta", t))
-        .unwrap();
-    vm.run_ok("mkdir -p /run/stick && mount -o ro /dev/vdc /run/stick", t)
-        .unwrap();
+    let mut vm = update_vm(
+        "x86_64-delta",
+        &v1.image,
+        "delta",
+        &release.public_key.to_string(),
+        &work.join("stick.img"),
+    );
     let (status, _) = vm.run("command -v less", t).unwrap();
     assert_ne!(status, 0, "0.1.0 already has less");
     let check = vm
@@ -377,18 +391,7 @@ fn x86_64_delta_update_for_a_one_package_change() {
         full_rootfs.sha256
     );
     vm.run_ok("basalt-agent update apply", long).unwrap();
-    let mark = vm.mark();
-    vm.send("systemctl reboot\n").unwrap();
-    let line = vm
-        .wait_for_since(mark, "basalt-agent: ready", long)
-        .unwrap();
-    assert!(
-        line.contains("version=0.1.1") && line.contains("slot=b"),
-        "{line}"
-    );
-    vm.wait_for_since(mark, "login:", t)
-        .or_else(|_| vm.wait_for_since(mark, "root@delta", t))
-        .unwrap();
+    reboot_into(&mut vm, "0.1.1", "b", "delta");
     let less = vm.run_ok("less --version | head -1", t).unwrap();
     assert!(less.contains("less "), "{less}");
 }
