@@ -401,6 +401,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 no_cache,
                 agent,
                 source_date_epoch: build::source_date_epoch()?,
+                compressed: true,
             };
             let record = build::build(&opts)?.record;
             if json {

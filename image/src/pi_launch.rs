@@ -18,7 +18,31 @@
 //!    in the device tree as the firmware does (with `fdtput`, package
 //!    device-tree-compiler). Nodes of devices QEMU does not model (the HDMI
 //!    block and its interrupt controller and I²C, the display pipeline),
-//!    which fault on first access, are disabled in that copy.
+//!    which fault on first access, are disabled in that copy, and the
+//!    console and SD card are moved to where QEMU has them (below).
+//!
+//! Where QEMU's `raspi4b` differs from a Pi 4, and what the launcher does:
+//!
+//! - The console: a Pi's GPIO header UART is the mini UART (`ttyS1`), but
+//!   QEMU's mini UART model has the two interrupt-enable bits the other way
+//!   round (bit 0 enables its transmit interrupt; on the chip, and in
+//!   Linux's 8250 driver, bit 0 is receive). When Linux opens `ttyS1` and
+//!   enables receive interrupts, QEMU raises a transmit interrupt that the
+//!   driver never clears, and CPU 0 takes it forever: the boot stalls (RCU
+//!   stall and soft lockup reports in the idle task, nothing after the
+//!   console opens). So under QEMU the console is the PL011 (`ttyAMA0`,
+//!   QEMU's first serial port): the mini UART is disabled, the PL011's
+//!   Bluetooth child node removed (else the port is Bluetooth's, not a
+//!   tty), and `console=` arguments naming a serial port are replaced with
+//!   the board's `qemu.console`.
+//! - The watchdog: QEMU's resets the machine as soon as it is armed, so
+//!   systemd is given no watchdog device (see [`qemu_cmdline`]).
+//! - The SD card: on a Pi 4 it is on EMMC2 (`mmc@7e340000`); QEMU attaches
+//!   `-drive if=sd` to the Arasan SDHCI (`mmc@7e300000`, the Wi-Fi's SDIO
+//!   host on a Pi 4) and nothing to EMMC2. So EMMC2 is disabled, and the
+//!   Arasan host loses its Wi-Fi child and power sequence (which waits on
+//!   the firmware's GPIO expander, which QEMU does not have). The same
+//!   `sdhci-iproc` driver serves both; the card is `mmcblk0` either way.
 //!
 //! How the guest's `reboot "0 tryboot"` reaches the launcher: QEMU runs with
 //! `-no-reboot`, so a guest reboot ends the QEMU process. The kernel prints
@@ -62,7 +86,85 @@ const UNMODELLED_BCM2711_NODES: &[&str] = &[
     "/soc/dsi@7e209000",
     "/soc/dsi@7e700000",
     "/soc/dpi@7e208000",
+    // The VideoCore's services (VCHIQ: camera, audio) and the 3D GPU: their
+    // drivers wait on, and then fail without, a VideoCore QEMU does not run.
+    "/soc/mailbox@7e00b840",
+    "/scb/gpu@7ec00000",
+    // The display driver's master node: with its HVS, HDMI and pixel valves
+    // disabled above, Debian's 6.1 vc4 driver dereferences a null pointer.
+    "/gpu",
 ];
+
+/// Changes to the board's device tree for QEMU's `raspi4b` (see the module
+/// documentation). A node the device tree lacks is skipped.
+const QEMU_DT_CHANGES: &[DtChange] = &[
+    // The mini UART: QEMU's interrupt-enable bits are swapped.
+    DtChange::Disable("/soc/serial@7e215040"),
+    // The PL011 is a tty, not Bluetooth's serial device.
+    DtChange::RemoveNode("/soc/serial@7e201000/bluetooth"),
+    // The SD card is on the Arasan SDHCI; EMMC2 has no card.
+    DtChange::Disable("/emmc2bus/mmc@7e340000"),
+    DtChange::RemoveNode("/soc/mmc@7e300000/wifi@1"),
+    DtChange::DeleteProperty("/soc/mmc@7e300000", "mmc-pwrseq"),
+];
+
+/// One change to a device tree, made with `fdtput`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DtChange {
+    Disable(&'static str),
+    RemoveNode(&'static str),
+    DeleteProperty(&'static str, &'static str),
+}
+
+impl DtChange {
+    fn apply(&self, dtb: &Path) {
+        let mut c = Command::new("fdtput");
+        match self {
+            DtChange::Disable(node) => c
+                .args(["-t", "s"])
+                .arg(dtb)
+                .args([node, "status", "disabled"]),
+            DtChange::RemoveNode(node) => c.arg("-r").arg(dtb).arg(node),
+            DtChange::DeleteProperty(node, prop) => c.arg("-d").arg(dtb).args([node, prop]),
+        };
+        // A node or property the board's device tree lacks is fine.
+        let _ = c.output();
+    }
+}
+
+/// Given to systemd as its watchdog device under QEMU: a path that does not
+/// exist, so that it arms none (see [`qemu_cmdline`]).
+pub const NO_WATCHDOG: &str = "systemd.watchdog_device=/dev/no-watchdog-under-qemu";
+
+/// The kernel command line for QEMU: `cmdline` with each `console=` naming
+/// a serial port (`ttyS*`, `ttyAMA*`) replaced by one `console=` for the
+/// port QEMU shows (`console`, the board's `qemu.console`), placed last so
+/// that it is `/dev/console`; and [`NO_WATCHDOG`]: QEMU's model of the
+/// BCM2835 watchdog resets the machine as soon as the watchdog is armed,
+/// whatever its timeout, so systemd arming it (for 10 minutes) as it starts
+/// to shut down would end QEMU before the kernel prints its `reboot:` line,
+/// and the launcher would never see `0 tryboot`. The kernel's own restart
+/// goes through the same watchdog and works as on a Pi.
+pub fn qemu_cmdline(cmdline: &str, console: &str) -> String {
+    let mut words: Vec<String> = cmdline
+        .split_whitespace()
+        .filter(|w| {
+            !w.strip_prefix("console=")
+                .is_some_and(|dev| dev.starts_with("ttyS") || dev.starts_with("ttyAMA"))
+        })
+        .map(str::to_string)
+        .collect();
+    words.push(format!("console={console},115200"));
+    words.push(NO_WATCHDOG.to_string());
+    words.join(" ")
+}
+
+/// Which of QEMU's serial ports (`-serial` in order) is `console` on a
+/// Raspberry Pi machine: the PL011 (`ttyAMA0`) is the first, the mini UART
+/// (`ttyS1`) the second.
+pub fn console_serial_index(console: &str) -> usize {
+    usize::from(!console.starts_with("ttyAMA"))
+}
 
 /// The console line of a kernel restarting with an argument.
 const RESTART_WITH_COMMAND: &str = "reboot: Restarting system with command '";
@@ -289,9 +391,10 @@ impl PiMachine {
         let (kernel_name, initrd_name) = kernel_and_initrd(&config);
         let kernel_name = kernel_name.context("config.txt has no kernel= line")?;
         let initrd_name = initrd_name.context("config.txt has no initramfs line")?;
-        let cmdline = String::from_utf8_lossy(&read("cmdline.txt")?)
-            .trim()
-            .to_string();
+        let cmdline = qemu_cmdline(
+            &String::from_utf8_lossy(&read("cmdline.txt")?),
+            &self.cfg.board.qemu.console,
+        );
         let boot = self.cfg.state_dir.join("firmware");
         std::fs::create_dir_all(&boot)?;
         let kernel = boot.join("kernel");
@@ -301,12 +404,10 @@ impl PiMachine {
         std::fs::write(&initrd, read(&initrd_name)?)?;
         std::fs::write(&dtb, read(&rpi.dtbs[0])?)?;
         for node in UNMODELLED_BCM2711_NODES {
-            // A node the board's device tree lacks is fine.
-            let _ = Command::new("fdtput")
-                .args(["-t", "s"])
-                .arg(&dtb)
-                .args([node, "status", "disabled"])
-                .output();
+            DtChange::Disable(node).apply(&dtb);
+        }
+        for change in QEMU_DT_CHANGES {
+            change.apply(&dtb);
         }
         tools::run(
             Command::new("fdtput")
@@ -345,13 +446,19 @@ impl PiMachine {
             .arg(&choice.dtb)
             .args(["-append", &choice.cmdline])
             .arg("-drive")
-            .arg(format!("if=sd,format=raw,file={}", self.sd.display()))
-            // The PL011 (ttyAMA0) is the Bluetooth UART on a Pi; the header's
-            // UART, and the console, is the mini UART (ttyS1): QEMU's second serial port.
-            .args(["-serial", "null", "-serial", "mon:stdio"])
-            .args(["-monitor", "none"])
-            .args(&self.cfg.extra_args);
+            .arg(format!("if=sd,format=raw,file={}", self.sd.display()));
+        for port in self.serial_ports("mon:stdio") {
+            c.args(["-serial", port]);
+        }
+        c.args(["-monitor", "none"]).args(&self.cfg.extra_args);
         c
+    }
+
+    /// QEMU's `-serial` values: `console` for the board's QEMU console, `null` for the other port.
+    fn serial_ports<'a>(&self, console: &'a str) -> [&'a str; 2] {
+        let mut ports = ["null"; 2];
+        ports[console_serial_index(&self.cfg.board.qemu.console)] = console;
+        ports
     }
 
     /// Powers the Pi on: the firmware's choice, then QEMU with its console captured.
@@ -392,13 +499,14 @@ impl PiMachine {
                 }
                 c2.arg(a);
             }
-            c2.arg("-chardev")
-                .arg(format!(
-                    "stdio,id=console,mux=on,signal=off,logfile={}",
-                    log.display()
-                ))
-                .args(["-serial", "null", "-serial", "chardev:console"])
-                .args(["-mon", "chardev=console"]);
+            c2.arg("-chardev").arg(format!(
+                "stdio,id=console,mux=on,signal=off,logfile={}",
+                log.display()
+            ));
+            for port in self.serial_ports("chardev:console") {
+                c2.args(["-serial", port]);
+            }
+            c2.args(["-mon", "chardev=console"]);
             c = c2;
             let status = c.status().context("starting QEMU")?;
             if !status.success() {
@@ -454,6 +562,25 @@ mod tests {
         // Only the last restart counts.
         let two = format!("{c}[   60.2] reboot: Restarting system with command '0'\n");
         assert!(!console_requests_tryboot(&two));
+    }
+
+    #[test]
+    fn console_moves_to_the_qemu_port() {
+        assert_eq!(
+            qemu_cmdline(
+                "basalt.slot=a console=tty0 console=ttyS1,115200\n",
+                "ttyAMA0"
+            ),
+            format!("basalt.slot=a console=tty0 console=ttyAMA0,115200 {NO_WATCHDOG}")
+        );
+        assert_eq!(
+            qemu_cmdline("basalt.slot=b quiet", "ttyAMA0"),
+            format!("basalt.slot=b quiet console=ttyAMA0,115200 {NO_WATCHDOG}")
+        );
+        assert_eq!(console_serial_index("ttyAMA0"), 0);
+        assert_eq!(console_serial_index("ttyS1"), 1);
+        let b = crate::assets::board(basalt_formats::BoardId::Rpi4).unwrap();
+        assert_eq!(b.qemu.console, "ttyAMA0");
     }
 
     #[test]

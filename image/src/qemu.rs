@@ -98,6 +98,8 @@ pub struct Vm {
     stdin: Option<std::process::ChildStdin>,
     commands: u32,
     console: Arc<(Mutex<String>, Condvar)>,
+    /// The thread copying QEMU's standard output into `console`.
+    reader: Option<std::thread::JoinHandle<()>>,
     pub log_path: PathBuf,
 }
 
@@ -300,7 +302,7 @@ impl Vm {
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let c2 = console.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut r = BufReader::new(stdout);
             let mut line = Vec::new();
             while let Ok(n) = r.read_until(b'\n', &mut line) {
@@ -336,6 +338,7 @@ impl Vm {
             stdin,
             commands: 0,
             console,
+            reader: Some(reader),
             log_path,
         })
     }
@@ -512,11 +515,16 @@ impl Vm {
         let _ = self.child.wait();
     }
 
-    /// Waits for QEMU to exit by itself (after a guest power-off).
+    /// Waits for QEMU to exit by itself (after a guest power-off), and for
+    /// the console to be read to its end: the last lines QEMU printed (the
+    /// kernel's `reboot:` line) are in [`Vm::console`] when this returns.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = self.child.try_wait()? {
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return Ok(s);
             }
             if Instant::now() >= deadline {

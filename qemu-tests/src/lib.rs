@@ -75,6 +75,7 @@ pub fn options(board: BoardId, spec: SpecSource, out_dir: PathBuf) -> BuildOptio
         no_cache: false,
         agent: Some(agent(arch)),
         source_date_epoch: 1_700_000_000,
+        compressed: true,
     }
 }
 

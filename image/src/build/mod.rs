@@ -52,6 +52,11 @@ pub struct BuildOptions {
     /// The agent binary for the board's architecture; found next to `basalt` when unset.
     pub agent: Option<PathBuf>,
     pub source_date_epoch: u64,
+    /// Also write the compressed images and the block map (`.img.zst`,
+    /// `.img.xz` and `.bmap` on a Raspberry Pi, `.img.zst` and `.qcow2` on
+    /// UEFI boards). Without them only the raw `.img` is written: for tests
+    /// that boot it, as xz alone takes minutes.
+    pub compressed: bool,
 }
 
 /// Namespace for the GUIDs of an image's disk and partitions.
@@ -195,7 +200,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
     }
     std::fs::create_dir_all(&work)?;
 
-    let mut progress = Progress::new(8 + usize::from(!spec.models.is_empty()));
+    let mut progress =
+        Progress::new(7 + usize::from(opts.compressed) + usize::from(!spec.models.is_empty()));
 
     // 1. Root file system.
     let mut packages: Vec<String> = spec
@@ -376,22 +382,18 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
             &mut progress,
             epoch,
         )?;
-        let step = progress.step("compressed images and block map");
-        let zst = opts.out_dir.join(format!("{stem}.img.zst"));
-        step.bytes(layout.total_bytes() * 2);
-        compress_zstd(&img, &zst, |n| step.inc(n))?;
-        let xz = opts.out_dir.join(format!("{stem}.img.xz"));
-        compress_xz(&img, &xz, |n| step.inc(n))?;
-        let bmap = opts.out_dir.join(format!("{stem}.bmap"));
-        let _ = std::fs::remove_file(&bmap);
-        crate::tools::run(
-            Command::new("bmaptool")
-                .args(["create", "-o"])
-                .arg(&bmap)
-                .arg(&img),
-        )?;
-        step.done("");
-        (layout, vec![img.clone(), xz, zst, bmap])
+        let outputs = if opts.compressed {
+            pi_outputs(
+                &opts.out_dir,
+                &stem,
+                &img,
+                layout.total_bytes(),
+                &mut progress,
+            )?
+        } else {
+            vec![img.clone()]
+        };
+        (layout, outputs)
     } else {
         // 5. ESP.
         let step = progress.step("EFI system partition");
@@ -445,20 +447,18 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
         step.done(&format!("{} MiB", layout.total_bytes() >> 20));
 
         // 7. Outputs.
-        let step = progress.step("compressed and qcow2 images");
-        let zst = opts.out_dir.join(format!("{stem}.img.zst"));
-        step.bytes(layout.total_bytes());
-        compress_zstd(&img, &zst, |n| step.inc(n))?;
-        let qcow2 = opts.out_dir.join(format!("{stem}.qcow2"));
-        let _ = std::fs::remove_file(&qcow2);
-        crate::tools::run(
-            Command::new("qemu-img")
-                .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-                .arg(&img)
-                .arg(&qcow2),
-        )?;
-        step.done("");
-        (layout, vec![img.clone(), zst, qcow2])
+        let outputs = if opts.compressed {
+            uefi_outputs(
+                &opts.out_dir,
+                &stem,
+                &img,
+                layout.total_bytes(),
+                &mut progress,
+            )?
+        } else {
+            vec![img.clone()]
+        };
+        (layout, outputs)
     };
 
     let mut artifacts = Vec::new();
@@ -586,6 +586,57 @@ fn pi_disk(
     drop(f);
     step.done(&format!("{} MiB", layout.total_bytes() >> 20));
     Ok(layout)
+}
+
+/// A Pi image's other outputs: `.img.zst`, `.img.xz` (what Raspberry Pi
+/// Imager takes) and the block map.
+fn pi_outputs(
+    out_dir: &Path,
+    stem: &str,
+    img: &Path,
+    total_bytes: u64,
+    progress: &mut Progress,
+) -> Result<Vec<PathBuf>> {
+    let step = progress.step("compressed images and block map");
+    let zst = out_dir.join(format!("{stem}.img.zst"));
+    step.bytes(total_bytes * 2);
+    compress_zstd(img, &zst, |n| step.inc(n))?;
+    let xz = out_dir.join(format!("{stem}.img.xz"));
+    compress_xz(img, &xz, |n| step.inc(n))?;
+    let bmap = out_dir.join(format!("{stem}.bmap"));
+    let _ = std::fs::remove_file(&bmap);
+    crate::tools::run(
+        Command::new("bmaptool")
+            .args(["create", "-o"])
+            .arg(&bmap)
+            .arg(img),
+    )?;
+    step.done("");
+    Ok(vec![img.to_path_buf(), xz, zst, bmap])
+}
+
+/// A UEFI image's other outputs: `.img.zst` and `.qcow2`.
+fn uefi_outputs(
+    out_dir: &Path,
+    stem: &str,
+    img: &Path,
+    total_bytes: u64,
+    progress: &mut Progress,
+) -> Result<Vec<PathBuf>> {
+    let step = progress.step("compressed and qcow2 images");
+    let zst = out_dir.join(format!("{stem}.img.zst"));
+    step.bytes(total_bytes);
+    compress_zstd(img, &zst, |n| step.inc(n))?;
+    let qcow2 = out_dir.join(format!("{stem}.qcow2"));
+    let _ = std::fs::remove_file(&qcow2);
+    crate::tools::run(
+        Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+            .arg(img)
+            .arg(&qcow2),
+    )?;
+    step.done("");
+    Ok(vec![img.to_path_buf(), zst, qcow2])
 }
 
 /// Reads the kernel. Debian's arm64 `vmlinuz` is a gzip-compressed `Image`,

@@ -6,6 +6,7 @@ mod build;
 mod infer;
 mod iso;
 mod mesh;
+mod pi;
 mod power_cut;
 mod provision;
 mod update;
