@@ -387,15 +387,22 @@ pub struct UrlSource<'a> {
     pub url: String,
 }
 
-impl Reopen for UrlSource<'_> {
-    fn open_at(&self, offset: u64) -> Result<Box<dyn Read + '_>, UpdateError> {
-        let d = self
-            .fetcher
+impl UrlSource<'_> {
+    /// The download from byte `offset` on, its failure as an update error
+    /// naming the URL.
+    pub fn download_at(&self, offset: u64) -> Result<crate::fetch::Download, UpdateError> {
+        self.fetcher
             .open_at(&self.url, offset)
             .map_err(|e| UpdateError::Io {
                 what: self.url.clone(),
                 source: std::io::Error::other(e),
-            })?;
+            })
+    }
+}
+
+impl Reopen for UrlSource<'_> {
+    fn open_at(&self, offset: u64) -> Result<Box<dyn Read + '_>, UpdateError> {
+        let d = self.download_at(offset)?;
         Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, d)))
     }
 }

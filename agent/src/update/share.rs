@@ -467,13 +467,11 @@ fn contiguous(ranges: &mut [(u64, u64)]) -> (u64, u64) {
 
 impl Reopen for CachingSource<'_> {
     fn open_at(&self, offset: u64) -> Result<Box<dyn Read + '_>, UpdateError> {
-        let d = self
-            .fetcher
-            .open_at(&self.url, offset)
-            .map_err(|e| UpdateError::Io {
-                what: self.url.clone(),
-                source: std::io::Error::other(e),
-            })?;
+        let d = super::UrlSource {
+            fetcher: self.fetcher,
+            url: self.url.clone(),
+        }
+        .download_at(offset)?;
         if offset == 0 {
             let size = d.total_len();
             let mut guard = self.tee.lock().expect("not poisoned");
