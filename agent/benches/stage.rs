@@ -216,6 +216,7 @@ fn device(dir: &Path, key: &SecretKey, slot_len: u64) -> Device {
             live: false,
         },
         slot_devices: vec![(Slot::A, dir.join("slot-a")), (Slot::B, dir.join("slot-b"))],
+        boot_devices: Vec::new(),
         policy: Some(TrustPolicy::new(vec![key.public_key()], 1).unwrap()),
         tryboot: None,
         // Staging does not look at the node's identity.

@@ -911,12 +911,13 @@ fn run_update(cmd: UpdateCommand) -> anyhow::Result<()> {
             );
         }
         UpdateCommand::Apply { reboot, json } if device.tryboot.is_some() => {
-            let slot = update::apply(&device).map_err(fail)?;
             if !reboot {
                 anyhow::bail!(
-                    "on a Raspberry Pi the reboot itself arms the trial of slot {slot}: run `basalt-agent update apply --reboot`"
+                    "on a Raspberry Pi the reboot itself arms the trial of slot {}: run `basalt-agent update apply --reboot`",
+                    device.target()
                 );
             }
+            let slot = update::apply(&device).map_err(fail)?;
             print(
                 json,
                 &serde_json::json!({ "armed_slot": slot, "tryboot": true }),
@@ -963,7 +964,7 @@ fn run_update(cmd: UpdateCommand) -> anyhow::Result<()> {
                 &channel,
                 &fetcher,
                 mode,
-                &mut update::reboot,
+                &mut || update::reboot_into_armed(&device),
                 &sharing,
             )
             .map_err(|e| {
@@ -999,8 +1000,9 @@ fn run_update(cmd: UpdateCommand) -> anyhow::Result<()> {
 /// The Raspberry Pi's part of the health decision: a good trial is
 /// committed in `autoboot.txt`; a failed one reboots, and the firmware
 /// (whose tryboot flag is spent) starts the committed slot.
-fn pi_health(t: &crate::update::tryboot::Tryboot, ok: bool, no_reboot: bool) -> ExitCode {
+fn pi_health(device: &crate::update::Device, ok: bool, no_reboot: bool) -> ExitCode {
     use basalt_formats::tryboot::TrybootState;
+    let t = device.tryboot.as_ref().expect("a Raspberry Pi");
     let state = match t.state() {
         Ok(s) => s,
         Err(e) => {
@@ -1016,7 +1018,7 @@ fn pi_health(t: &crate::update::tryboot::Tryboot, ok: bool, no_reboot: bool) -> 
         log::error!("autoboot.txt is corrupt, left as it is: {error}");
     }
     match (ok, &state) {
-        (true, TrybootState::Trial { slot }) => match t.commit() {
+        (true, TrybootState::Trial { slot }) => match crate::update::mark_good(device) {
             Ok(_) => {
                 log::info!(
                     "trial of slot {slot} passed its health checks: committed in autoboot.txt"
@@ -1080,8 +1082,8 @@ fn run_health(json: bool, no_reboot: bool) -> ExitCode {
         };
     }
     let device = crate::update::Device::open().ok();
-    if let Some(t) = device.as_ref().and_then(|d| d.tryboot.as_ref()) {
-        return pi_health(t, ok, no_reboot);
+    if let Some(d) = device.as_ref().filter(|d| d.tryboot.is_some()) {
+        return pi_health(d, ok, no_reboot);
     }
     if ok {
         return ExitCode::SUCCESS;

@@ -97,9 +97,12 @@ fn run() -> anyhow::Result<Never> {
     let mut info = if cmdline.live {
         mount_live(&config)?
     } else {
-        let slot = cmdline.slot.context(
-            "the kernel command line has no basalt.slot=a|b; the boot loader entry is broken",
-        )?;
+        let slot = match cmdline.slot {
+            Some(slot) => slot,
+            None => firmware_slot().context(
+                "the kernel command line has no basalt.slot=a|b and no boot firmware named the partition it started; the boot loader entry is broken",
+            )?,
+        };
         mount_slot(&config, slot, efivars)?
     };
 
@@ -158,6 +161,37 @@ fn run() -> anyhow::Result<Never> {
         info.initrd_done_ms
     );
     switch_root(SYSROOT, init)
+}
+
+/// The slot of the boot partition the Raspberry Pi firmware started, from
+/// `/proc/device-tree/chosen/bootloader` (a Pi's `cmdline.txt` is the same
+/// in both slots).
+fn firmware_slot() -> anyhow::Result<Slot> {
+    use anyhow::Context;
+    let dir = Path::new(crate::update::tryboot::FIRMWARE_DT);
+    let read = |name: &str| {
+        let p = dir.join(name);
+        fs::read(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    let fw =
+        basalt_formats::tryboot::FirmwareBoot::from_cells(&read("tryboot")?, &read("partition")?)
+            .with_context(|| format!("{}: not 32-bit cells", dir.display()))?;
+    let slot = fw.slot().with_context(|| {
+        format!(
+            "the firmware started partition {}, which is not a basalt boot slot",
+            fw.partition
+        )
+    })?;
+    knotice!(
+        "the firmware started partition {}{}: slot {slot}",
+        fw.partition,
+        if fw.tryboot {
+            " on trial (tryboot)"
+        } else {
+            ""
+        }
+    );
+    Ok(slot)
 }
 
 /// Finds this slot's partitions on the boot disk, mounts the root read-only

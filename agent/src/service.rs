@@ -282,7 +282,7 @@ fn start_update_poller(update: basalt_formats::cloud_config::Update) {
                             &update.channel,
                             &fetcher,
                             poll::Mode::Apply,
-                            &mut crate::update::reboot,
+                            &mut || crate::update::reboot_into_armed(&device),
                             &sharing,
                         );
                     }

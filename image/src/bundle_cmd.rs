@@ -46,7 +46,7 @@ pub enum BundleCmdError {
         value: String,
         source: semver::Error,
     },
-    #[error("{path}: reading the partition table: {source}")]
+    #[error("{path}: reading the partition table: {source} (nor is it an MBR disk with basalt's Raspberry Pi layout)")]
     Gpt {
         path: PathBuf,
         source: gptman::Error,
@@ -212,7 +212,7 @@ pub fn read_public_key(arg: &str) -> Result<PublicKey> {
 
 /// A partition of a disk image file, as a file of its own. Writes fail.
 #[derive(Debug)]
-struct PartitionFile {
+pub(crate) struct PartitionFile {
     file: File,
     start: u64,
     len: u64,
@@ -265,24 +265,50 @@ impl Write for PartitionFile {
     }
 }
 
-/// Opens partition `label` of the GPT disk image at `path`.
-fn open_partition(path: &Path, label: &str) -> Result<PartitionFile> {
+/// Opens partition `label` of the disk image at `path`: a GPT partition of
+/// that name, or on an MBR disk with basalt's Raspberry Pi layout the
+/// partition its number gives that label (`boot-a` is partition 2).
+pub(crate) fn open_partition(path: &Path, label: &str) -> Result<PartitionFile> {
     let mut file = File::open(path).map_err(io_at(path))?;
-    let gpt = gptman::GPT::find_from(&mut file).map_err(|source| BundleCmdError::Gpt {
+    let no_partition = || BundleCmdError::NoPartition {
         path: path.to_path_buf(),
-        source,
-    })?;
-    let (_, part) = gpt
-        .iter()
-        .find(|(_, p)| p.is_used() && p.partition_name.as_str() == label)
-        .ok_or_else(|| BundleCmdError::NoPartition {
-            path: path.to_path_buf(),
-            label: label.to_string(),
-        })?;
+        label: label.to_string(),
+    };
+    let (start, len) = match gptman::GPT::find_from(&mut file) {
+        Ok(gpt) => {
+            let (_, part) = gpt
+                .iter()
+                .find(|(_, p)| p.is_used() && p.partition_name.as_str() == label)
+                .ok_or_else(no_partition)?;
+            (
+                part.starting_lba * gpt.sector_size,
+                (part.ending_lba + 1 - part.starting_lba) * gpt.sector_size,
+            )
+        }
+        Err(source) => {
+            let mbr = basalt_formats::layout::parse_mbr(|lba| {
+                let mut s = [0u8; 512];
+                file.seek(SeekFrom::Start(lba * 512)).ok()?;
+                file.read_exact(&mut s).ok()?;
+                Some(s)
+            })
+            .filter(|t| t.is_rpi_layout())
+            .ok_or_else(|| BundleCmdError::Gpt {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let part = mbr
+                .partitions
+                .iter()
+                .find(|p| basalt_formats::layout::rpi_label(p.number).as_deref() == Some(label))
+                .ok_or_else(no_partition)?;
+            (part.first_lba * 512, part.sectors * 512)
+        }
+    };
     Ok(PartitionFile {
         file,
-        start: part.starting_lba * gpt.sector_size,
-        len: (part.ending_lba + 1 - part.starting_lba) * gpt.sector_size,
+        start,
+        len,
         pos: 0,
     })
 }
@@ -402,13 +428,19 @@ fn compress_payload(
 }
 
 /// A built image's version and payloads: slot A's root file system (the
-/// first `rootfs_size` bytes of its partition), kernel and initrd.
+/// first `rootfs_size` bytes of its partition), and its kernel and initrd
+/// (UEFI) or its whole boot slot partition (Raspberry Pi).
 struct ImagePayloads {
     record: BuildRecord,
     version: semver::Version,
     root: PartitionFile,
-    kernel: Vec<u8>,
-    initrd: Vec<u8>,
+    boot: BootPayloads,
+}
+
+/// What boots a slot, by board.
+enum BootPayloads {
+    Uefi { kernel: Vec<u8>, initrd: Vec<u8> },
+    Rpi { boot: PartitionFile },
 }
 
 impl ImagePayloads {
@@ -435,30 +467,60 @@ impl ImagePayloads {
             });
         }
         root.len = record.rootfs_size;
-        let kernel = read_esp_file(image, &format!("basalt/{}/vmlinuz", Slot::A))?;
-        let initrd = read_esp_file(image, &format!("basalt/{}/initrd", Slot::A))?;
+        let boot = if record.board.is_rpi() {
+            // The boot partition up to its last cluster in use.
+            let mut boot = open_partition(image, &format!("boot-{}", Slot::A))?;
+            boot.len = crate::build::rpi::fat_used_len(&mut boot).map_err(io_at(image))?;
+            boot.seek(SeekFrom::Start(0)).map_err(io_at(image))?;
+            BootPayloads::Rpi { boot }
+        } else {
+            BootPayloads::Uefi {
+                kernel: read_esp_file(image, &format!("basalt/{}/vmlinuz", Slot::A))?,
+                initrd: read_esp_file(image, &format!("basalt/{}/initrd", Slot::A))?,
+            }
+        };
         Ok(ImagePayloads {
             record,
             version,
             root,
-            kernel,
-            initrd,
+            boot,
         })
+    }
+
+    /// The payloads in bundle order: name, bytes, size.
+    fn inputs(self) -> Vec<(PayloadName, Box<dyn Read>, u64)> {
+        let mut out: Vec<(PayloadName, Box<dyn Read>, u64)> = vec![(
+            PayloadName::Rootfs,
+            Box::new(self.root),
+            self.record.rootfs_size,
+        )];
+        match self.boot {
+            BootPayloads::Uefi { kernel, initrd } => {
+                for (name, bytes) in [(PayloadName::Kernel, kernel), (PayloadName::Initrd, initrd)]
+                {
+                    let len = bytes.len() as u64;
+                    out.push((name, Box::new(io::Cursor::new(bytes)), len));
+                }
+            }
+            BootPayloads::Rpi { boot } => {
+                let len = boot.len;
+                out.push((PayloadName::Boot, Box::new(boot), len));
+            }
+        }
+        out
     }
 }
 
 /// The bases of a delta bundle: the older image's payloads, in memory.
 struct Bases {
     version: semver::Version,
-    rootfs: Vec<u8>,
-    kernel: Vec<u8>,
-    initrd: Vec<u8>,
+    payloads: Vec<(PayloadName, Vec<u8>)>,
 }
 
 impl Bases {
     /// Reads `old`, which must be an older build of the same image for the same board.
     fn read(old: &Path, new: &ImagePayloads) -> Result<Bases> {
-        let mut o = ImagePayloads::open(old)?;
+        let o = ImagePayloads::open(old)?;
         let refuse = |reason: String| BundleCmdError::Delta {
             path: old.to_path_buf(),
             reason,
@@ -481,22 +543,21 @@ impl Bases {
                 o.version, new.version
             )));
         }
-        let mut rootfs = Vec::with_capacity(o.root.len as usize);
-        o.root.read_to_end(&mut rootfs).map_err(io_at(old))?;
-        Ok(Bases {
-            version: o.version,
-            rootfs,
-            kernel: o.kernel,
-            initrd: o.initrd,
-        })
+        let version = o.version.clone();
+        let mut payloads = Vec::new();
+        for (name, mut input, size) in o.inputs() {
+            let mut bytes = Vec::with_capacity(size as usize);
+            input.read_to_end(&mut bytes).map_err(io_at(old))?;
+            payloads.push((name, bytes));
+        }
+        Ok(Bases { version, payloads })
     }
 
     fn of(&self, name: PayloadName) -> &[u8] {
-        match name {
-            PayloadName::Rootfs => &self.rootfs,
-            PayloadName::Kernel => &self.kernel,
-            PayloadName::Initrd => &self.initrd,
-        }
+        self.payloads
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(&[], |(_, b)| b)
     }
 }
 
@@ -555,30 +616,12 @@ pub fn bundle(opts: &BundleOptions) -> Result<BundleOutcome> {
         _ => PathBuf::from("."),
     };
 
-    let mut progress = Progress::new(PayloadName::ALL.len() + 1);
-    let ImagePayloads {
-        record,
-        version,
-        root,
-        kernel,
-        initrd,
-    } = image;
+    let record = image.record.clone();
+    let version = image.version.clone();
+    let inputs = image.inputs();
+    let mut progress = Progress::new(inputs.len() + 1);
     let mut payloads = Vec::new();
     let mut files = Vec::new();
-    let (kernel_len, initrd_len) = (kernel.len() as u64, initrd.len() as u64);
-    let inputs: [(PayloadName, Box<dyn Read>, u64); 3] = [
-        (PayloadName::Rootfs, Box::new(root), record.rootfs_size),
-        (
-            PayloadName::Kernel,
-            Box::new(io::Cursor::new(kernel)),
-            kernel_len,
-        ),
-        (
-            PayloadName::Initrd,
-            Box::new(io::Cursor::new(initrd)),
-            initrd_len,
-        ),
-    ];
     for (name, input, size) in inputs {
         let base = bases.as_ref().map(|b| b.of(name));
         let step = progress.step(&match &bases {

@@ -227,52 +227,6 @@ pub fn kernel_and_initrd(config_txt: &str) -> (Option<String>, Option<String>) {
     (kernel, initrd)
 }
 
-/// A FAT partition of an image file, read in place.
-struct Partition {
-    file: File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl Read for Partition {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        let n = (buf.len() as u64).min(left) as usize;
-        if n == 0 {
-            return Ok(0);
-        }
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let got = self.file.read(&mut buf[..n])?;
-        self.pos += got as u64;
-        Ok(got)
-    }
-}
-
-impl std::io::Write for Partition {
-    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-        Err(std::io::Error::other("the launcher reads the SD card only"))
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Seek for Partition {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        let new = match to {
-            SeekFrom::Start(n) => n as i64,
-            SeekFrom::Current(d) => self.pos as i64 + d,
-            SeekFrom::End(d) => self.len as i64 + d,
-        };
-        if new < 0 {
-            return Err(std::io::Error::other("seek before the partition's start"));
-        }
-        self.pos = new as u64;
-        Ok(self.pos)
-    }
-}
-
 /// Reads the MBR of an image file.
 pub fn read_table(image: &Path) -> Result<MbrTable> {
     let mut f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
@@ -287,16 +241,9 @@ pub fn read_table(image: &Path) -> Result<MbrTable> {
 
 /// Reads the file `name` from the top of FAT partition `number` of `image`.
 pub fn read_fat_file(image: &Path, number: u32, name: &str) -> Result<Vec<u8>> {
-    let table = read_table(image)?;
-    let p = table
-        .partition(number)
-        .with_context(|| format!("{}: no partition {number}", image.display()))?;
-    let part = Partition {
-        file: File::open(image).with_context(|| format!("opening {}", image.display()))?,
-        start: p.first_lba * 512,
-        len: p.sectors * 512,
-        pos: 0,
-    };
+    let label = basalt_formats::layout::rpi_label(number)
+        .with_context(|| format!("partition {number} is not one of basalt's Pi layout"))?;
+    let part = crate::bundle_cmd::open_partition(image, &label)?;
     let fs = fatfs::FileSystem::new(part, fatfs::FsOptions::new()).with_context(|| {
         format!(
             "{} partition {number}: not a FAT file system",
@@ -586,7 +533,7 @@ mod tests {
     #[test]
     fn config_txt_names_kernel_and_initrd() {
         let b = crate::assets::board(basalt_formats::BoardId::Rpi4).unwrap();
-        let text = crate::build::rpi::config_txt(b.rpi.as_ref().unwrap(), Slot::A);
+        let text = crate::build::rpi::config_txt(b.rpi.as_ref().unwrap());
         assert_eq!(
             kernel_and_initrd(&text),
             (Some("vmlinuz".into()), Some("initrd.img".into()))

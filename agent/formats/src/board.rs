@@ -34,6 +34,11 @@ impl BoardId {
             BoardId::Rpi5 => "rpi5",
         }
     }
+
+    /// A Raspberry Pi, booted by the Pi firmware with tryboot A/B.
+    pub fn is_rpi(self) -> bool {
+        matches!(self, BoardId::Rpi4 | BoardId::Rpi5)
+    }
 }
 
 impl fmt::Display for BoardId {

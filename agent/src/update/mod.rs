@@ -43,7 +43,7 @@ use basalt_formats::bundle::{
 use basalt_formats::entry::{Assessment, EntryName};
 use basalt_formats::mesh::NodeId;
 use basalt_formats::release::{Release, RELEASE_PATH};
-use basalt_formats::{BoardId, Slot};
+use basalt_formats::Slot;
 use esp::Esp;
 use log::{error, info, warn};
 use serde::Serialize;
@@ -81,11 +81,19 @@ pub enum UpdateError {
     },
     #[error("slot {slot} holds nothing staged; run `basalt-agent update stage BUNDLE` first")]
     NotStaged { slot: Slot },
-    #[error("the root file system payload ({size} bytes) does not fit slot {slot}'s partition ({room} bytes)")]
-    TooBig { slot: Slot, size: u64, room: u64 },
-    #[error("slot {slot} read back with SHA-256 {found}, but the manifest says {expected}: the write did not stick")]
+    #[error(
+        "the {payload} payload ({size} bytes) does not fit slot {slot}'s partition ({room} bytes)"
+    )]
+    TooBig {
+        slot: Slot,
+        payload: PayloadName,
+        size: u64,
+        room: u64,
+    },
+    #[error("slot {slot}'s {payload} read back with SHA-256 {found}, but the manifest says {expected}: the write did not stick")]
     ReadBack {
         slot: Slot,
+        payload: PayloadName,
         expected: String,
         found: String,
     },
@@ -144,6 +152,8 @@ pub struct Device {
     pub boot: BootInfo,
     /// Block device of each slot's root partition.
     pub slot_devices: Vec<(Slot, PathBuf)>,
+    /// Raspberry Pi: block device of each slot's FAT boot partition.
+    pub boot_devices: Vec<(Slot, PathBuf)>,
     pub policy: Option<TrustPolicy>,
     /// The node's id, which places it in a staged rollout; why not, when
     /// the identity cannot be read.
@@ -159,17 +169,25 @@ impl Device {
         let disk = disks
             .iter()
             .find(|d| d.dev_path.display().to_string() == boot.disk);
-        let mut slot_devices = Vec::new();
-        for slot in Slot::ALL {
-            if let Some(p) = disk
-                .and_then(|d| d.part(&slot.root_label()))
+        let (mut slot_devices, mut boot_devices) = (Vec::new(), Vec::new());
+        let node = |label: &str| {
+            disk.and_then(|d| d.part(label))
                 .and_then(|p| p.dev_path.clone())
-            {
+        };
+        for slot in Slot::ALL {
+            if let Some(p) = node(&slot.root_label()) {
                 slot_devices.push((slot, p));
+            }
+            if release.board.is_rpi() {
+                if let Some(p) = node(&format!("boot-{slot}")) {
+                    boot_devices.push((slot, p));
+                }
             }
         }
         let policy = trust_policy_from_config()?;
-        let tryboot = matches!(release.board, BoardId::Rpi4 | BoardId::Rpi5)
+        let tryboot = release
+            .board
+            .is_rpi()
             .then(|| tryboot::Tryboot::new(PathBuf::from(&boot.esp_device)));
         Ok(Device {
             esp: Esp::default(),
@@ -178,6 +196,7 @@ impl Device {
             release,
             boot,
             slot_devices,
+            boot_devices,
             policy,
             node_id: crate::identity::NodeIdentity::load(Path::new(
                 crate::identity::DEVICE_IDENTITY_DIR,
@@ -195,6 +214,26 @@ impl Device {
             .ok_or(UpdateError::NoSlotDevice(slot))
     }
 
+    /// Block device of a slot's partition payload: its root, or its Pi boot slot.
+    fn partition(&self, name: PayloadName, slot: Slot) -> Result<&Path, UpdateError> {
+        match name {
+            PayloadName::Rootfs => self.slot_device(slot),
+            PayloadName::Boot => self
+                .boot_devices
+                .iter()
+                .find(|(s, _)| *s == slot)
+                .map(|(_, p)| p.as_path())
+                .ok_or_else(|| {
+                    UpdateError::Unsupported(format!(
+                        "payload boot is a Raspberry Pi boot slot; this device has no boot-{slot} partition"
+                    ))
+                }),
+            other => Err(UpdateError::Unsupported(format!(
+                "payload {other} is not written to a partition"
+            ))),
+        }
+    }
+
     pub fn target(&self) -> Slot {
         self.boot.slot.other()
     }
@@ -205,7 +244,7 @@ impl Device {
 /// boards, whose ESP systemd mounts on `/efi`.
 pub fn pi_boot_partition() -> Option<Result<PathBuf, String>> {
     let release: Release = read_json(Path::new(RELEASE_PATH)).ok()?;
-    if !matches!(release.board, BoardId::Rpi4 | BoardId::Rpi5) {
+    if !release.board.is_rpi() {
         return None;
     }
     Some((|| {
@@ -311,9 +350,9 @@ pub fn delta_bases(
             found,
         };
         let (what, base): (String, Base) = match p.name {
-            PayloadName::Rootfs => {
-                let dev = device.slot_device(running)?;
-                let what = format!("running slot {running} ({})", dev.display());
+            PayloadName::Rootfs | PayloadName::Boot => {
+                let dev = device.partition(p.name, running)?;
+                let what = format!("running slot {running}'s {} ({})", p.name, dev.display());
                 let file = std::fs::File::open(dev).map_err(io_err(dev.display().to_string()))?;
                 let len = (&file)
                     .seek(SeekFrom::End(0))
@@ -321,9 +360,10 @@ pub fn delta_bases(
                 if want.size > len || want.size == 0 {
                     return Err(wrong(what, format!("{len} bytes")));
                 }
-                // SAFETY: the running slot is the mounted read-only root;
-                // nothing on the device writes to its partition, so the
-                // mapped bytes do not change under the decoder.
+                // SAFETY: the running slot is the mounted read-only root,
+                // and a Pi's running boot slot is never mounted; nothing on
+                // the device writes to either partition, so the mapped
+                // bytes do not change under the decoder.
                 let map = unsafe {
                     memmap2::MmapOptions::new()
                         .len(want.size as usize)
@@ -443,11 +483,6 @@ fn stage_with(
     device: &Device,
     expect: Option<&semver::Version>,
 ) -> Result<CheckReport, UpdateError> {
-    if device.tryboot.is_some() {
-        return Err(UpdateError::Unsupported(
-            "staging a bundle on a Raspberry Pi is not implemented yet (its kernel and initrd go to a FAT boot slot)".into(),
-        ));
-    }
     let policy = device.policy.as_ref().ok_or(UpdateError::NoTrust)?;
     let head = BundleReader::new(source)?;
     let manifest_sha256 = Sha256Digest::of(head.manifest_bytes()).to_string();
@@ -478,11 +513,14 @@ fn stage_with(
         _ => None,
     };
 
-    // From here on the target slot is not bootable until apply.
-    device
-        .esp
-        .remove_entries(target)
-        .map_err(io_err(format!("removing slot {target}'s loader entry")))?;
+    // From here on the target slot is not bootable until apply. (A Pi's
+    // firmware starts the other slot only on a trial, which `apply` arms.)
+    if device.tryboot.is_none() {
+        device
+            .esp
+            .remove_entries(target)
+            .map_err(io_err(format!("removing slot {target}'s loader entry")))?;
+    }
     st.set(
         target,
         SlotRecord::Writing {
@@ -495,7 +533,6 @@ fn stage_with(
 
     let mut last_point = resume.clone();
     let result = (|| -> Result<(), UpdateError> {
-        let dev_path = device.slot_device(target)?.to_path_buf();
         let mut take_base = |name: PayloadName| {
             let i = bases.iter().position(|(n, _)| *n == name)?;
             Some(bases.swap_remove(i).1)
@@ -536,7 +573,8 @@ fn stage_with(
                 .position(|q| q.name == payload.name)
                 .expect("the payload is the manifest's");
             match payload.name {
-                PayloadName::Rootfs => {
+                PayloadName::Rootfs | PayloadName::Boot => {
+                    let dev_path = device.partition(payload.name, target)?.to_path_buf();
                     let mut dev = std::fs::OpenOptions::new()
                         .write(true)
                         .open(&dev_path)
@@ -547,6 +585,7 @@ fn stage_with(
                     if payload.size > room {
                         return Err(UpdateError::TooBig {
                             slot: target,
+                            payload: payload.name,
                             size: payload.size,
                             room,
                         });
@@ -555,8 +594,12 @@ fn stage_with(
                     dev.seek(SeekFrom::Start(start))
                         .map_err(io_err(dev_path.display().to_string()))?;
                     info!(
-                        "writing {} bytes of root file system to {}{}",
+                        "writing {} bytes of {} to {}{}",
                         payload.size - start,
+                        match payload.name {
+                            PayloadName::Boot => "boot slot",
+                            _ => "root file system",
+                        },
                         dev_path.display(),
                         if start > 0 {
                             format!(" from byte {start}")
@@ -612,10 +655,17 @@ fn stage_with(
                     if found != payload.sha256.to_string() {
                         return Err(UpdateError::ReadBack {
                             slot: target,
+                            payload: payload.name,
                             expected: payload.sha256.to_string(),
                             found,
                         });
                     }
+                }
+                PayloadName::Kernel | PayloadName::Initrd if device.tryboot.is_some() => {
+                    return Err(UpdateError::Unsupported(format!(
+                        "payload {} is a UEFI boot file; a Raspberry Pi boots its slot's boot partition (payload boot)",
+                        payload.name
+                    )));
                 }
                 PayloadName::Kernel | PayloadName::Initrd => {
                     let file = esp_file(payload.name);
@@ -678,17 +728,40 @@ fn hash_prefix(path: &Path, len: u64) -> std::io::Result<String> {
 
 /// `update apply`: arms the boot loader to try the staged slot on the next boot.
 pub fn apply(device: &Device) -> Result<Slot, UpdateError> {
-    if let Some(t) = &device.tryboot {
-        // Nothing is written: the trial is armed by the reboot's argument.
-        return match t.state().map_err(io_err("tryboot state"))? {
-            basalt_formats::tryboot::TrybootState::Committed { slot } => Ok(slot.other()),
-            other => Err(UpdateError::Tryboot(format!(
-                "cannot arm a trial now: {other:?}"
-            ))),
-        };
-    }
     let target = device.target();
     let mut st = UpdateState::load(&device.state_dir).map_err(io_err("update state"))?;
+    if let Some(t) = &device.tryboot {
+        // The boot loader is armed by the reboot's argument (`0 tryboot`,
+        // see [`reboot_into_armed`]); only the record changes here. Again
+        // after an apply whose reboot did not happen, the record is the same.
+        match t.state().map_err(io_err("tryboot state"))? {
+            basalt_formats::tryboot::TrybootState::Committed { slot } if slot != target => {}
+            other => {
+                return Err(UpdateError::Tryboot(format!(
+                    "cannot arm a trial now: {other:?}"
+                )))
+            }
+        }
+        let version = match st.get(target) {
+            Some(SlotRecord::Staged { version } | SlotRecord::Trying { version }) => {
+                version.clone()
+            }
+            _ => return Err(UpdateError::NotStaged { slot: target }),
+        };
+        st.set(
+            target,
+            SlotRecord::Trying {
+                version: version.clone(),
+            },
+        );
+        st.write(&device.state_dir)
+            .map_err(io_err("update state"))?;
+        info!(
+            "slot {target} ({version}) armed: the reboot with {:?} tries it once",
+            basalt_formats::tryboot::TRYBOOT_REBOOT_ARG
+        );
+        return Ok(target);
+    }
     let version = match st.get(target) {
         Some(SlotRecord::Staged { version }) => version.clone(),
         _ => return Err(UpdateError::NotStaged { slot: target }),
@@ -790,6 +863,8 @@ pub fn mark_good(device: &Device) -> Result<bool, UpdateError> {
         return match t.commit() {
             Ok(tryboot::Committed::Now(slot)) => {
                 info!("slot {slot} committed in autoboot.txt");
+                // As the next boot's reconciliation would find it.
+                reconcile_on_boot(device);
                 Ok(true)
             }
             Ok(tryboot::Committed::Already) => Ok(false),
@@ -929,6 +1004,17 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Reboots into the slot [`apply`] armed: on a Raspberry Pi with the
+/// argument `0 tryboot`, which makes the firmware start the trial slot once;
+/// elsewhere a plain reboot, since the loader entry is armed.
+pub fn reboot_into_armed(device: &Device) -> Result<(), String> {
+    if device.tryboot.is_some() {
+        tryboot::reboot_into_trial()
+    } else {
+        reboot()
+    }
+}
+
 /// Reboots through systemd (`systemctl reboot`, which asks logind), so
 /// services stop in order and file systems are synced.
 pub fn reboot() -> Result<(), String> {
@@ -1008,21 +1094,28 @@ pub fn on_boot(
 
 /// Runs [`on_boot`] against the device and writes the result. Called by the service at start.
 pub fn reconcile_on_boot(device: &Device) {
-    if let Some(t) = &device.tryboot {
+    let entries = if let Some(t) = &device.tryboot {
         match t.state() {
             Ok(basalt_formats::tryboot::TrybootState::Corrupt { error, .. }) => {
-                error!("autoboot.txt is corrupt, left as it is: {error}")
+                error!("autoboot.txt is corrupt, left as it is: {error}");
+                return;
             }
-            Ok(s) => info!("tryboot: {s:?}"),
-            Err(e) => warn!("tryboot: {e}"),
+            Ok(s) => {
+                info!("tryboot: {s:?}");
+                tryboot::as_entries(&s)
+            }
+            Err(e) => {
+                warn!("tryboot: {e}");
+                return;
+            }
         }
-        return;
-    }
-    let entries = match device.esp.entries() {
-        Ok(e) => e,
-        Err(e) => {
-            warn!("update state: cannot read loader entries: {e}");
-            return;
+    } else {
+        match device.esp.entries() {
+            Ok(e) => e,
+            Err(e) => {
+                warn!("update state: cannot read loader entries: {e}");
+                return;
+            }
         }
     };
     let st = match UpdateState::load(&device.state_dir) {

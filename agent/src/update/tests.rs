@@ -178,6 +178,7 @@ pub(crate) fn fixture() -> Fixture {
             (Slot::A, dir.path().join("slot-a")),
             (Slot::B, dir.path().join("slot-b")),
         ],
+        boot_devices: Vec::new(),
         policy: Some(TrustPolicy::new(vec![key.public_key()], 1).unwrap()),
         node_id: Ok(NodeId::from_verifying_key(
             &ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key(),
@@ -202,7 +203,14 @@ pub(crate) fn signed_bundle(
         format: MANIFEST_FORMAT,
         name: "demo".into(),
         version: version.parse().unwrap(),
-        boards: vec![BoardId::X86_64Uefi],
+        // A Pi bundle carries its boot slot; a UEFI one its kernel and initrd.
+        boards: vec![
+            if members.iter().any(|(p, _)| p.name == PayloadName::Boot) {
+                BoardId::Rpi4
+            } else {
+                BoardId::X86_64Uefi
+            },
+        ],
         min_version: semver::Version::new(0, 0, 0),
         created: 1,
         rootfs_type: RootfsType::Squashfs,
@@ -219,7 +227,7 @@ pub(crate) fn signed_bundle(
 }
 
 /// A payload compressed as one zstd stream, and its member.
-fn plain(name: PayloadName, raw: &[u8]) -> (Payload, Vec<u8>) {
+pub(crate) fn plain(name: PayloadName, raw: &[u8]) -> (Payload, Vec<u8>) {
     let c = zstd::encode_all(raw, 1).unwrap();
     (Payload::zstd(name, raw, &c), c)
 }
@@ -702,3 +710,5 @@ fn an_interrupted_stage_goes_on_from_where_it_stopped() {
     stage_resumable(&source, &f.device).unwrap();
     assert_eq!(source.opened.borrow().clone(), vec![0]);
 }
+
+mod pi;

@@ -119,8 +119,47 @@ impl Tryboot {
     }
 }
 
+/// Where the firmware stands, as the loader entries [`super::on_boot`]
+/// reads on UEFI boards: the committed slot is a blessed entry; a slot on
+/// trial is an entry still counting; the other slot has none, so a slot
+/// armed for a trial that is not running now did not come up healthy (its
+/// trial failed, crashed, or its reboot was cut before the firmware started
+/// it: the device is back on the committed slot in each case).
+pub fn as_entries(state: &TrybootState) -> Vec<basalt_formats::entry::EntryName> {
+    use basalt_formats::entry::{Counter, EntryName};
+    match *state {
+        TrybootState::Committed { slot } => vec![EntryName {
+            slot,
+            counter: None,
+        }],
+        TrybootState::Trial { slot } => vec![
+            EntryName {
+                slot,
+                counter: Some(Counter { left: 1, done: 1 }),
+            },
+            EntryName {
+                slot: slot.other(),
+                counter: None,
+            },
+        ],
+        // autoboot.txt already commits the other slot: this one is on its
+        // way out, neither good nor failed yet.
+        TrybootState::Mismatch { running, committed } => vec![
+            EntryName {
+                slot: running,
+                counter: Some(Counter { left: 1, done: 1 }),
+            },
+            EntryName {
+                slot: committed,
+                counter: None,
+            },
+        ],
+        TrybootState::Corrupt { .. } => Vec::new(),
+    }
+}
+
 /// Replaces `dir/name` with `bytes`: a new file written and synced beside
-/// it, renamed over it, and the directory synced. A power cut leaves the old
+/// it, renamed over it, synced under its new name, and the directory synced. A power cut leaves the old
 /// file or the new one; the firmware never sees a half-written file under
 /// the name it reads.
 pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
@@ -136,6 +175,11 @@ pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
         f.sync_all().map_err(named(&tmp))?;
     }
     std::fs::rename(&tmp, &target).map_err(named(&target))?;
+    // vfat writes the new directory entry's first cluster and size only
+    // when the file's inode is written back (see `esp::rename_synced`).
+    std::fs::File::open(&target)
+        .and_then(|f| f.sync_all())
+        .map_err(named(&target))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(named(dir))
@@ -186,6 +230,41 @@ mod tests {
         let text = std::fs::read_to_string(t.mount.join(AUTOBOOT_TXT)).unwrap();
         assert_eq!(Autoboot::parse(&text).unwrap().committed, Slot::B);
         assert!(!t.mount.join("autoboot.txt.new").exists());
+    }
+
+    #[test]
+    fn the_firmware_state_reads_as_loader_entries() {
+        use crate::update::{on_boot, SlotRecord, UpdateState};
+        let trying = |v: &str| SlotRecord::Trying { version: v.into() };
+        let run = |state: TrybootState, running: Slot, version: &str| {
+            let mut st = UpdateState::default();
+            st.set(Slot::B, trying("0.2.0"));
+            on_boot(st, running, version, &as_entries(&state), 5)
+        };
+        // On trial: B stays on trial, A is left alone.
+        let (st, events) = run(TrybootState::Trial { slot: Slot::B }, Slot::B, "0.2.0");
+        assert_eq!(st.get(Slot::B), Some(&trying("0.2.0")));
+        assert_eq!(st.get(Slot::A), None);
+        assert!(events.is_empty(), "{events:?}");
+        // Committed after the trial: B is installed.
+        let (st, events) = run(TrybootState::Committed { slot: Slot::B }, Slot::B, "0.2.0");
+        assert_eq!(
+            st.get(Slot::B),
+            Some(&SlotRecord::Installed {
+                version: "0.2.0".into()
+            })
+        );
+        assert_eq!(events, ["update to 0.2.0 committed in slot b"]);
+        // Back on A: the trial did not come up healthy.
+        let (st, events) = run(TrybootState::Committed { slot: Slot::A }, Slot::A, "0.1.0");
+        assert!(matches!(st.get(Slot::B), Some(SlotRecord::Bad { .. })));
+        assert_eq!(st.failed.len(), 1);
+        assert!(events[0].contains("did not come up healthy"), "{events:?}");
+        assert!(as_entries(&TrybootState::Corrupt {
+            running: None,
+            error: "x".into()
+        })
+        .is_empty());
     }
 
     #[test]

@@ -543,31 +543,24 @@ fn pi_disk(
         true,
     )
     .with_context(|| format!("writing {}", autoboot_img.display()))?;
-    let mut slot_imgs = Vec::new();
-    for slot in Slot::ALL {
-        let files = rpi::slot_files(
-            pi_files,
-            rpi_settings,
-            slot,
-            kernel,
-            initrd,
-            &format!("basalt.slot={slot} {}", cmdline.join(" ")),
-        );
-        rpi::check_fits(slot, &files, spec.sizes.esp.bytes())?;
-        let p = work.join(format!("boot-{slot}.img"));
-        let label = format!("BOOT-{}     ", slot.letter().to_uppercase());
-        rpi::write_fat(
-            &p,
-            spec.sizes.esp.bytes(),
-            label.as_bytes().try_into().expect("11 bytes"),
-            &files,
-            vol_id(&format!("boot-{slot}-fs")),
-            epoch,
-            false,
-        )
-        .with_context(|| format!("writing {}", p.display()))?;
-        slot_imgs.push(p);
-    }
+    // One boot slot image, written to both boot partitions: the same bytes
+    // in each, so that a bundle's `boot` payload is this image and the
+    // running slot's partition is a delta's base. The initrd learns its
+    // slot from the partition the firmware started
+    // (`/chosen/bootloader/partition`), not from `cmdline.txt`.
+    let files = rpi::slot_files(pi_files, rpi_settings, kernel, initrd, &cmdline.join(" "));
+    rpi::check_fits(&files, spec.sizes.esp.bytes())?;
+    let boot_img = work.join("boot.img");
+    rpi::write_fat(
+        &boot_img,
+        spec.sizes.esp.bytes(),
+        b"BOOT       ",
+        &files,
+        vol_id("boot-fs"),
+        epoch,
+        false,
+    )
+    .with_context(|| format!("writing {}", boot_img.display()))?;
     step.done(&format!(
         "{} firmware files and device trees",
         pi_files.len()
@@ -577,8 +570,8 @@ fn pi_disk(
     let layout = DiskLayout::rpi(&spec.sizes);
     let mut f = disk::create(img, &layout, guid(spec, board_id, "disk"), &[])?;
     disk::write_partition(&mut f, img, &layout, "autoboot", "sizes.esp", &autoboot_img)?;
-    disk::write_partition(&mut f, img, &layout, "boot-a", "sizes.esp", &slot_imgs[0])?;
-    disk::write_partition(&mut f, img, &layout, "boot-b", "sizes.esp", &slot_imgs[1])?;
+    disk::write_partition(&mut f, img, &layout, "boot-a", "sizes.esp", &boot_img)?;
+    disk::write_partition(&mut f, img, &layout, "boot-b", "sizes.esp", &boot_img)?;
     disk::write_partition(&mut f, img, &layout, "root-a", "sizes.slot", root_img)?;
     disk::write_partition(&mut f, img, &layout, "root-b", "sizes.slot", root_img)?;
     disk::write_partition(&mut f, img, &layout, "data", "sizes.data", data_img)?;

@@ -1,7 +1,9 @@
 //! Raspberry Pi boot partitions: the `autoboot.txt` partition and one FAT
 //! boot slot per root slot, each with the firmware files, `config.txt`,
 //! `cmdline.txt`, the kernel, the basalt initrd and the board's device trees.
-//! Written with the same user-space FAT writer as the ESP.
+//! Both slots hold the same bytes (the initrd takes its slot from the
+//! partition the firmware booted), so an update writes the new image's boot
+//! slot as it is. Written with the same user-space FAT writer as the ESP.
 
 use super::esp::{fat_time, FixedTime};
 use basalt_formats::board::{Board, RpiSettings};
@@ -34,8 +36,8 @@ pub enum RpiError {
         package: String,
         kernel: String,
     },
-    #[error("boot slot {slot} needs {needed} bytes but sizes.esp is {size} bytes; raise sizes.esp in the spec")]
-    TooSmall { slot: Slot, size: u64, needed: u64 },
+    #[error("a boot slot needs {needed} bytes but sizes.esp is {size} bytes; raise sizes.esp in the spec")]
+    TooSmall { size: u64, needed: u64 },
 }
 
 /// One file of a FAT partition.
@@ -47,8 +49,8 @@ pub struct FatFile {
 
 /// `config.txt` of a boot slot. The firmware reads it from the partition it
 /// boots (the committed one, or the `[tryboot]` one with `tryboot_a_b=1`).
-pub fn config_txt(rpi: &RpiSettings, slot: Slot) -> String {
-    let mut s = format!("# basalt boot slot {slot}\n[all]\n");
+pub fn config_txt(rpi: &RpiSettings) -> String {
+    let mut s = "# basalt boot slot (the same in both slots)\n[all]\n".to_string();
     for line in &rpi.config {
         s.push_str(line);
         s.push('\n');
@@ -105,11 +107,10 @@ pub fn board_files(
     Ok(out)
 }
 
-/// The files of one boot slot.
+/// The files of a boot slot.
 pub fn slot_files(
     board_files: &[FatFile],
     rpi: &RpiSettings,
-    slot: Slot,
     kernel: &[u8],
     initrd: &[u8],
     cmdline: &str,
@@ -117,7 +118,7 @@ pub fn slot_files(
     let mut files = board_files.to_vec();
     files.push(FatFile {
         name: "config.txt".into(),
-        bytes: config_txt(rpi, slot).into_bytes(),
+        bytes: config_txt(rpi).into_bytes(),
     });
     files.push(FatFile {
         name: "cmdline.txt".into(),
@@ -184,13 +185,81 @@ pub fn write_fat(
     f.sync_all()
 }
 
-/// Checks that a slot's files fit `size` bytes, leaving room for the FAT itself.
-pub fn check_fits(slot: Slot, files: &[FatFile], size: u64) -> Result<(), RpiError> {
+/// Checks that a boot slot's files fit `size` bytes, leaving room for the FAT itself.
+pub fn check_fits(files: &[FatFile], size: u64) -> Result<(), RpiError> {
     let needed: u64 = files.iter().map(|f| f.bytes.len() as u64).sum();
     if needed + size / 16 > size {
-        return Err(RpiError::TooSmall { slot, size, needed });
+        return Err(RpiError::TooSmall { size, needed });
     }
     Ok(())
+}
+
+/// Bytes of a FAT16 or FAT32 file system up to the end of its last cluster
+/// in use: the boot sector, the FATs, the root directory and every file's
+/// data lie before it; after it is free space the file system never reads.
+/// A bundle's `boot` payload is this prefix of the boot partition, so an
+/// update writes (and reads back) what the slot holds, not its free space.
+pub fn fat_used_len(fs: &mut (impl std::io::Read + Seek)) -> std::io::Result<u64> {
+    use std::io::{Error, ErrorKind, SeekFrom};
+    let bad = |what: String| {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!("not a FAT file system: {what}"),
+        )
+    };
+    let mut bs = [0u8; 512];
+    fs.seek(SeekFrom::Start(0))?;
+    fs.read_exact(&mut bs)?;
+    let u16_at = |o: usize| u16::from_le_bytes([bs[o], bs[o + 1]]) as u64;
+    let u32_at = |o: usize| u32::from_le_bytes([bs[o], bs[o + 1], bs[o + 2], bs[o + 3]]) as u64;
+    if bs[510..512] != [0x55, 0xaa] {
+        return Err(bad("no boot sector signature".into()));
+    }
+    let bytes_per_sector = u16_at(11);
+    let per_cluster = bs[13] as u64;
+    if !matches!(bytes_per_sector, 512 | 1024 | 2048 | 4096) || !per_cluster.is_power_of_two() {
+        return Err(bad(format!(
+            "{bytes_per_sector} bytes per sector, {per_cluster} sectors per cluster"
+        )));
+    }
+    let reserved = u16_at(14);
+    let fats = bs[16] as u64;
+    let root_sectors = (u16_at(17) * 32).div_ceil(bytes_per_sector);
+    let total = match u16_at(19) {
+        0 => u32_at(32),
+        n => n,
+    };
+    let fat_sectors = match u16_at(22) {
+        0 => u32_at(36),
+        n => n,
+    };
+    let data_start = reserved + fats * fat_sectors + root_sectors;
+    if fats == 0 || fat_sectors == 0 || data_start >= total {
+        return Err(bad(format!(
+            "{fats} FATs of {fat_sectors} sectors, data from sector {data_start} of {total}"
+        )));
+    }
+    let clusters = (total - data_start) / per_cluster;
+    let entry = match clusters {
+        0..4085 => return Err(bad("FAT12".into())),
+        4085..65525 => 2,
+        _ => 4,
+    };
+    let mut fat = vec![0u8; ((clusters + 2) * entry) as usize];
+    fs.seek(SeekFrom::Start(reserved * bytes_per_sector))?;
+    fs.read_exact(&mut fat)?;
+    let last_used = (2..clusters + 2).rev().find(|&c| {
+        let e = &fat[(c * entry) as usize..((c + 1) * entry) as usize];
+        match entry {
+            2 => u16::from_le_bytes([e[0], e[1]]) != 0,
+            _ => u32::from_le_bytes([e[0], e[1], e[2], e[3]]) & 0x0fff_ffff != 0,
+        }
+    });
+    let end_sector = match last_used {
+        Some(c) => data_start + (c - 1) * per_cluster,
+        None => data_start,
+    };
+    Ok(end_sector * bytes_per_sector)
 }
 
 #[cfg(test)]
@@ -205,8 +274,8 @@ mod tests {
     fn config_txt_golden() {
         let b = board();
         assert_eq!(
-            config_txt(b.rpi.as_ref().unwrap(), Slot::B),
-            "# basalt boot slot b\n[all]\narm_64bit=1\nenable_uart=1\nupstream_kernel=1\nkernel=vmlinuz\ninitramfs initrd.img followkernel\n"
+            config_txt(b.rpi.as_ref().unwrap()),
+            "# basalt boot slot (the same in both slots)\n[all]\narm_64bit=1\nenable_uart=1\nupstream_kernel=1\nkernel=vmlinuz\ninitramfs initrd.img followkernel\n"
         );
     }
 
@@ -257,5 +326,42 @@ mod tests {
             text,
             "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n"
         );
+    }
+
+    #[test]
+    fn the_used_prefix_ends_with_the_last_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for (fat16, size) in [(true, 64u64 << 20), (false, 300 << 20)] {
+            let img = dir.path().join("fat.img");
+            let files = [
+                FatFile {
+                    name: "config.txt".into(),
+                    bytes: b"arm_64bit=1\n".to_vec(),
+                },
+                FatFile {
+                    name: "vmlinuz".into(),
+                    bytes: vec![0xaa; 3 << 20],
+                },
+            ];
+            write_fat(&img, size, b"BOOT       ", &files, 1, 0, fat16).unwrap();
+            let bytes = std::fs::read(&img).unwrap();
+            let used = fat_used_len(&mut std::fs::File::open(&img).unwrap()).unwrap();
+            let last_nonzero = bytes.iter().rposition(|b| *b != 0).unwrap() as u64;
+            assert!(
+                used > last_nonzero && used - last_nonzero <= 64 << 10,
+                "fat16 {fat16}: used {used}, last non-zero byte {last_nonzero}"
+            );
+            // The prefix alone is the same file system: the files read back.
+            let mut prefix = bytes[..used as usize].to_vec();
+            prefix.resize(size as usize, 0x5c);
+            let fs = fatfs::FileSystem::new(std::io::Cursor::new(prefix), fatfs::FsOptions::new())
+                .unwrap();
+            let mut k = Vec::new();
+            std::io::Read::read_to_end(&mut fs.root_dir().open_file("vmlinuz").unwrap(), &mut k)
+                .unwrap();
+            assert_eq!(k, vec![0xaa; 3 << 20]);
+        }
+        let e = fat_used_len(&mut std::io::Cursor::new(vec![0u8; 4096])).unwrap_err();
+        assert!(e.to_string().contains("not a FAT file system"), "{e}");
     }
 }

@@ -46,15 +46,29 @@ pub enum PayloadName {
     Kernel,
     /// The slot's basalt initrd.
     Initrd,
+    /// A Raspberry Pi boot slot: the whole FAT partition the firmware
+    /// starts (firmware files, `config.txt`, `cmdline.txt`, kernel, initrd,
+    /// device trees), the same bytes for both slots. Pi bundles carry it in
+    /// place of `kernel` and `initrd`.
+    Boot,
 }
 
 impl PayloadName {
-    /// Every payload name, in the order the builder writes them.
-    pub const ALL: [PayloadName; 3] = [
+    /// The payloads of a bundle for a UEFI board, in the order the builder writes them.
+    pub const UEFI: [PayloadName; 3] = [
         PayloadName::Rootfs,
         PayloadName::Kernel,
         PayloadName::Initrd,
     ];
+
+    /// The payloads of a bundle for a Raspberry Pi, in the order the builder writes them.
+    pub const RPI: [PayloadName; 2] = [PayloadName::Rootfs, PayloadName::Boot];
+
+    /// Whether the payload is written to a partition as it is (root file
+    /// system, Pi boot slot), rather than as a file.
+    pub fn is_partition(self) -> bool {
+        matches!(self, PayloadName::Rootfs | PayloadName::Boot)
+    }
 
     /// The name as written in the manifest.
     pub fn as_str(self) -> &'static str {
@@ -62,6 +76,7 @@ impl PayloadName {
             PayloadName::Rootfs => "rootfs",
             PayloadName::Kernel => "kernel",
             PayloadName::Initrd => "initrd",
+            PayloadName::Boot => "boot",
         }
     }
 
@@ -252,6 +267,34 @@ impl Manifest {
         if !self.payloads.iter().any(|p| p.name == PayloadName::Rootfs) {
             return Err(invalid("payloads".into(), "no rootfs payload".into()));
         }
+        // A Pi boots its slot's FAT partition; a UEFI board its ESP files.
+        let pi_payloads = self.payloads.iter().any(|p| p.name == PayloadName::Boot);
+        if let Some((i, p)) = self.payloads.iter().enumerate().find(|(_, p)| {
+            pi_payloads && matches!(p.name, PayloadName::Kernel | PayloadName::Initrd)
+        }) {
+            return Err(invalid(
+                format!("payloads[{i}].name"),
+                format!(
+                    "payload {} with a boot payload: a bundle has one or the other",
+                    p.name
+                ),
+            ));
+        }
+        if let Some((i, b)) = self
+            .boards
+            .iter()
+            .enumerate()
+            .find(|(_, b)| b.is_rpi() != pi_payloads)
+        {
+            return Err(invalid(
+                format!("boards[{i}]"),
+                if pi_payloads {
+                    format!("{b} does not boot a Raspberry Pi boot slot (payload boot)")
+                } else {
+                    format!("{b} needs a boot payload (its boot slot's FAT partition)")
+                },
+            ));
+        }
         for (i, p) in self.payloads.iter().enumerate() {
             match (&self.base_version, &p.base) {
                 (None, Some(_)) => {
@@ -414,6 +457,30 @@ pub(crate) mod tests {
                 "floor above version",
                 |v| v["min_version"] = "2.0.0".into(),
                 "min_version: 2.0.0 is above",
+            ),
+            (
+                "a Pi board with UEFI payloads",
+                |v| v["boards"] = serde_json::json!(["x86_64-uefi", "rpi4"]),
+                "boards[1]: rpi4 needs a boot payload",
+            ),
+            (
+                "a UEFI board with a Pi boot slot",
+                |v| {
+                    let p = v["payloads"].as_array_mut().unwrap();
+                    p.truncate(1);
+                    let mut boot = p[0].clone();
+                    boot["name"] = "boot".into();
+                    p.push(boot);
+                },
+                "boards[0]: x86_64-uefi does not boot a Raspberry Pi boot slot",
+            ),
+            (
+                "a boot slot and a kernel",
+                |v| {
+                    v["boards"] = serde_json::json!(["rpi5"]);
+                    v["payloads"][2]["name"] = "boot".into();
+                },
+                "payloads[1].name: payload kernel with a boot payload",
             ),
             (
                 "duplicate payload",
