@@ -503,6 +503,24 @@ fn mount_api_filesystems() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `MODULE_INIT_COMPRESSED_FILE` (Linux 6.4): the kernel decompresses the
+/// module itself, with the algorithm it was built for
+/// (`CONFIG_MODULE_DECOMPRESS`; Debian's 6.12 kernels ship `.ko.xz`).
+const MODULE_INIT_COMPRESSED_FILE: u32 = 4;
+
+/// The `finit_module` flags for a module file: compressed ones are handed
+/// to the kernel as they are.
+fn module_flags(path: &str) -> nix::kmod::ModuleInitFlags {
+    if [".ko.xz", ".ko.zst", ".ko.gz"]
+        .iter()
+        .any(|e| path.ends_with(e))
+    {
+        nix::kmod::ModuleInitFlags::from_bits_retain(MODULE_INIT_COMPRESSED_FILE)
+    } else {
+        nix::kmod::ModuleInitFlags::empty()
+    }
+}
+
 fn load_modules(modules: &[String]) {
     let started = Instant::now();
     let mut loaded = 0;
@@ -514,11 +532,7 @@ fn load_modules(modules: &[String]) {
                 continue;
             }
         };
-        match nix::kmod::finit_module(
-            &file,
-            &CString::default(),
-            nix::kmod::ModuleInitFlags::empty(),
-        ) {
+        match nix::kmod::finit_module(&file, &CString::default(), module_flags(m)) {
             Ok(()) => loaded += 1,
             Err(nix::Error::EEXIST) => {}
             // No such hardware: normal for drivers of buses this machine lacks.
@@ -647,5 +661,19 @@ mod tests {
         assert!(is_iso9660_descriptor(&pvd));
         assert!(!is_iso9660_descriptor(&[0u8; 2048]));
         assert!(!is_iso9660_descriptor(b"\x01CD0"));
+    }
+
+    #[test]
+    fn compressed_modules_are_decompressed_by_the_kernel() {
+        let flags = |p| module_flags(p).bits();
+        assert_eq!(
+            flags("/lib/modules/6.1.0-40-arm64/kernel/fs/ext4/ext4.ko"),
+            0
+        );
+        assert_eq!(
+            flags("/lib/modules/6.12.57+deb13-arm64/kernel/fs/ext4/ext4.ko.xz"),
+            MODULE_INIT_COMPRESSED_FILE
+        );
+        assert_eq!(flags("/x/y.ko.zst"), MODULE_INIT_COMPRESSED_FILE);
     }
 }
