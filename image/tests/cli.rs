@@ -50,6 +50,21 @@ fn unknown_board_is_refused_by_the_parser() {
 }
 
 #[test]
+fn the_pi_5_is_refused_with_the_reason_before_anything_is_downloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (code, _, err) = basalt(&["build", "--board", "rpi5", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("board rpi5 cannot be built")
+            && err.contains("CONFIG_MMC_SDHCI_BRCMSTB is not set")
+            && err.contains("hardware/rpi5.yaml"),
+        "{err}"
+    );
+    assert!(!out.exists(), "the refused build made {}", out.display());
+}
+
+#[test]
 fn every_subcommand_has_help_with_an_example() {
     for sub in [
         "build",

@@ -179,6 +179,10 @@ pub struct Board {
     #[serde(default)]
     pub rpi: Option<RpiSettings>,
     pub qemu: QemuSettings,
+    /// Why no image of this board can boot with the kernels Debian has:
+    /// `basalt build` refuses the board with this text before it starts.
+    #[serde(default)]
+    pub unsupported: Option<String>,
 }
 
 /// The boot slot contents of a Raspberry Pi board.

@@ -187,6 +187,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
     let spec = load_spec(&opts.spec)?;
     let board_id = opts.board.or(spec.board).unwrap_or(BoardId::X86_64Uefi);
     let board = assets::board(board_id)?;
+    if let Some(why) = &board.unsupported {
+        bail!(
+            "board {board_id} cannot be built: {} (hardware/{board_id}.yaml)",
+            why.trim()
+        );
+    }
     let arch = board.arch;
     let agent = find_agent(arch, opts.agent.as_deref())?;
     initrd::check_agent(&agent, arch)?;
