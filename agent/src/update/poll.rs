@@ -10,7 +10,7 @@
 //! Each poll's outcome is kept in `poll.json` beside the update state and
 //! shown by `basalt-agent update status`.
 
-use super::share::{check_and_stage, peer_fetcher, Sharing, MAX_PEER_TRIES};
+use super::share::{check_and_stage, peer_fetcher, Sharing, Wanted, MAX_PEER_TRIES};
 use super::state::{SlotRecord, UpdateState};
 use super::{apply, io_err, Device, Disposition, UpdateError};
 use crate::fetch::{FetchError, Fetcher};
@@ -377,6 +377,60 @@ pub fn poll_shared(
     result.map(|_| record)
 }
 
+/// Stages the `wanted` bundle: from up to [`MAX_PEER_TRIES`] mesh peers
+/// that advertise it, least loaded first, then from `origin` (the
+/// channel's URL). Whatever a peer sends is verified as the channel's
+/// bundle would be, and any failure falls back to the next peer and then
+/// the channel. Returns the report and where it came from, for the journal.
+fn stage_shared(
+    fetcher: &Fetcher,
+    device: &Device,
+    sharing: &Sharing,
+    wanted: Wanted<'_>,
+    origin: &str,
+) -> Result<(super::CheckReport, String), PollError> {
+    let cache = sharing.cache.as_ref();
+    let what = match wanted.base {
+        Some(base) => format!("the delta from {base} to {}", wanted.version),
+        None => wanted.version.to_string(),
+    };
+    let peers = sharing.peers.offering(wanted);
+    let peer_fetcher = (!peers.is_empty()).then(|| peer_fetcher(fetcher));
+    let mut tried = Vec::new();
+    for p in peers.iter().take(MAX_PEER_TRIES) {
+        let fetcher = peer_fetcher.as_ref().unwrap_or(fetcher);
+        info!(
+            "update poll: peer {} offers {what}; fetching {}",
+            p.node, p.url
+        );
+        match check_and_stage(fetcher, &p.url, device, cache, Some(wanted.version)) {
+            Ok(report) => return Ok((report, format!(" from mesh peer {}", p.node))),
+            Err(e) => {
+                warn!(
+                    "update poll: peer {} did not give {what} ({e}); {}",
+                    p.node,
+                    if tried.len() + 1 < peers.len().min(MAX_PEER_TRIES) {
+                        "trying the next peer"
+                    } else {
+                        "taking the channel's bundle"
+                    }
+                );
+                tried.push(format!("{}: {e}", p.node));
+            }
+        }
+    }
+    let report = check_and_stage(fetcher, origin, device, cache, None)?;
+    let from = if tried.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " from the channel (mesh peers failed: {})",
+            tried.join("; ")
+        )
+    };
+    Ok((report, from))
+}
+
 /// Takes a recalled version out of the slot that has not booted: its boot
 /// entry goes (as `update revert` does for an armed one), and its record
 /// becomes bad, so neither `apply` nor a reboot can start it.
@@ -513,6 +567,7 @@ fn poll_inner(
                     .unwrap_or_else(|| "size not given".into())
             );
             let mut how = String::new();
+            let board = device.release.board;
             let delta = doc.delta_for(&device.release.version).and_then(|d| {
                 info!(
                     "update poll: the channel has a delta from {} ({}); checking {}",
@@ -522,9 +577,14 @@ fn poll_inner(
                         .unwrap_or_else(|| "size not given".into()),
                     d.bundle
                 );
-                match check_and_stage(fetcher, d.bundle.as_str(), device, None, None) {
-                    Ok(report) => {
-                        how = format!(" from the delta from {}", d.from);
+                let wanted = Wanted {
+                    version: &doc.version,
+                    board,
+                    base: Some(&d.from),
+                };
+                match stage_shared(fetcher, device, sharing, wanted, d.bundle.as_str()) {
+                    Ok((report, from)) => {
+                        how = format!(" from the delta from {}{from}", d.from);
                         Some(report)
                     }
                     Err(e) => {
@@ -543,56 +603,17 @@ fn poll_inner(
                     }
                 }
             });
-            let cache = sharing.cache.as_ref();
             let report = match delta {
                 Some(report) => report,
                 None => {
-                    // Peers first: whatever they send is verified as the
-                    // channel's bundle would be, and any failure falls
-                    // back to the channel.
-                    let mut from_peer = None;
-                    let peers = sharing.peers.offering(&doc.version, device.release.board);
-                    let mut tried = Vec::new();
-                    let peer_fetcher = (!peers.is_empty()).then(|| peer_fetcher(fetcher));
-                    for p in peers.iter().take(MAX_PEER_TRIES) {
-                        let fetcher = peer_fetcher.as_ref().unwrap_or(fetcher);
-                        info!(
-                            "update poll: peer {} offers {version}; fetching {}",
-                            p.node, p.url
-                        );
-                        match check_and_stage(fetcher, &p.url, device, cache, Some(&doc.version)) {
-                            Ok(report) => {
-                                how += &format!(" from mesh peer {}", p.node);
-                                from_peer = Some(report);
-                                break;
-                            }
-                            Err(e) => {
-                                warn!(
-                                    "update poll: peer {} did not give {version} ({e}); {}",
-                                    p.node,
-                                    if tried.len() + 1 < peers.len().min(MAX_PEER_TRIES) {
-                                        "trying the next peer"
-                                    } else {
-                                        "taking the channel's bundle"
-                                    }
-                                );
-                                tried.push(format!("{}: {e}", p.node));
-                            }
-                        }
-                    }
-                    match from_peer {
-                        Some(report) => report,
-                        None => {
-                            let report = check_and_stage(fetcher, &bundle, device, cache, None)?;
-                            if !tried.is_empty() {
-                                how += &format!(
-                                    " from the channel (mesh peers failed: {})",
-                                    tried.join("; ")
-                                );
-                            }
-                            report
-                        }
-                    }
+                    let wanted = Wanted {
+                        version: &doc.version,
+                        board,
+                        base: None,
+                    };
+                    let (report, from) = stage_shared(fetcher, device, sharing, wanted, &bundle)?;
+                    how += &from;
+                    report
                 }
             };
             info!(

@@ -134,11 +134,28 @@ pub struct PeerBundle {
     pub load: u8,
 }
 
+/// What a poll asks peers for: a version for a board, as a full bundle
+/// (`base` is `None`) or as a delta from `base`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted<'a> {
+    pub version: &'a semver::Version,
+    pub board: BoardId,
+    pub base: Option<&'a semver::Version>,
+}
+
+impl Wanted<'_> {
+    /// Whether the advertised bundle is this one.
+    pub fn matches(&self, ad: &BundleAd) -> bool {
+        ad.version == *self.version
+            && ad.board == self.board
+            && ad.base_version.as_ref() == self.base
+    }
+}
+
 /// Who offers a bundle of a version for a board.
 pub trait BundlePeers: std::fmt::Debug {
-    /// Peers that advertise a bundle of `version` for `board`, the one to
-    /// ask first first.
-    fn offering(&self, version: &semver::Version, board: BoardId) -> Vec<PeerBundle>;
+    /// Peers that advertise the `wanted` bundle, the one to ask first first.
+    fn offering(&self, wanted: Wanted<'_>) -> Vec<PeerBundle>;
 }
 
 /// No peers: every bundle comes from the channel.
@@ -146,21 +163,21 @@ pub trait BundlePeers: std::fmt::Debug {
 pub struct NoPeers;
 
 impl BundlePeers for NoPeers {
-    fn offering(&self, _: &semver::Version, _: BoardId) -> Vec<PeerBundle> {
+    fn offering(&self, _: Wanted<'_>) -> Vec<PeerBundle> {
         Vec::new()
     }
 }
 
 /// A fixed list, for tests.
 #[derive(Debug, Clone, Default)]
-pub struct StaticPeers(pub Vec<(semver::Version, BoardId, PeerBundle)>);
+pub struct StaticPeers(pub Vec<(BundleAd, PeerBundle)>);
 
 impl BundlePeers for StaticPeers {
-    fn offering(&self, version: &semver::Version, board: BoardId) -> Vec<PeerBundle> {
+    fn offering(&self, wanted: Wanted<'_>) -> Vec<PeerBundle> {
         self.0
             .iter()
-            .filter(|(v, b, _)| v == version && *b == board)
-            .map(|(_, _, p)| p.clone())
+            .filter(|(ad, _)| wanted.matches(ad))
+            .map(|(_, p)| p.clone())
             .collect()
     }
 }
@@ -176,7 +193,7 @@ pub struct MeshPeers {
 }
 
 impl BundlePeers for MeshPeers {
-    fn offering(&self, version: &semver::Version, board: BoardId) -> Vec<PeerBundle> {
+    fn offering(&self, wanted: Wanted<'_>) -> Vec<PeerBundle> {
         let Ok(st) = crate::mesh::status::read(&self.status_dir) else {
             return Vec::new();
         };
@@ -185,10 +202,7 @@ impl BundlePeers for MeshPeers {
             .iter()
             .filter(|p| p.state == crate::mesh::status::PeerState::Alive)
             .filter_map(|p| {
-                let ad = p
-                    .bundles
-                    .iter()
-                    .find(|b| b.version == *version && b.board == board)?;
+                let ad = p.bundles.iter().find(|b| wanted.matches(b))?;
                 Some((
                     p.load,
                     rand::random::<u64>(),
@@ -388,6 +402,7 @@ impl<'a> CachingSource<'a> {
                 board,
                 manifest_sha256: sha.clone(),
                 size: total,
+                base_version: payloads.manifest().base_version.clone(),
             };
             let dest = self.cache.dir.join(format!("{sha}.basalt"));
             std::fs::rename(&t.path, &dest).map_err(|e| e.to_string())?;

@@ -128,6 +128,10 @@ pub struct BundleAd {
     pub manifest_sha256: String,
     /// Its size in bytes.
     pub size: u64,
+    /// Set on a delta bundle: the version it is made from, which a node
+    /// must run to stage it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_version: Option<semver::Version>,
 }
 
 /// What a node offers.
@@ -668,6 +672,7 @@ mod tests {
             board: crate::BoardId::X86_64Uefi,
             manifest_sha256: "0f".repeat(32),
             size: 734_003_200,
+            base_version: None,
         }];
         let got = SignedDescriptor::sign(&d, &k)
             .unwrap()

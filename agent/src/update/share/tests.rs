@@ -20,14 +20,22 @@ fn cache(f: &Fixture) -> BundleCache {
     }
 }
 
+/// An advertisement of 0.2.0 for x86_64-uefi, a delta from `base` if given.
+fn ad_of(base: Option<&str>) -> BundleAd {
+    BundleAd {
+        version: "0.2.0".parse().unwrap(),
+        board: BoardId::X86_64Uefi,
+        manifest_sha256: "0f".repeat(32),
+        size: 10,
+        base_version: base.map(|b| b.parse().unwrap()),
+    }
+}
+
 fn sharing(f: &Fixture, peers: Vec<PeerBundle>) -> Sharing {
     Sharing {
         cache: Some(cache(f)),
         peers: Box::new(StaticPeers(
-            peers
-                .into_iter()
-                .map(|p| ("0.2.0".parse().unwrap(), BoardId::X86_64Uefi, p))
-                .collect(),
+            peers.into_iter().map(|p| (ad_of(None), p)).collect(),
         )),
     }
 }
@@ -175,6 +183,7 @@ fn a_bundle_from_a_peer_spares_the_channel() {
             board: BoardId::X86_64Uefi,
             manifest_sha256: sha,
             size: good.len() as u64,
+            base_version: None,
         }]
     );
 }
@@ -384,8 +393,7 @@ fn mesh_peers_offer_live_peers_with_the_version_least_loaded_first() {
     let ad = |v: &str, board| BundleAd {
         version: v.parse().unwrap(),
         board,
-        manifest_sha256: "0f".repeat(32),
-        size: 10,
+        ..ad_of(None)
     };
     let mut st = status::tests::status();
     let template = st.peers[0].clone();
@@ -436,7 +444,17 @@ fn mesh_peers_offer_live_peers_with_the_version_least_loaded_first() {
         status_dir: dir.path().to_path_buf(),
         port: 8080,
     };
-    let got = peers.offering(&"0.2.0".parse().unwrap(), BoardId::X86_64Uefi);
+    let (v2, v3, v1) = (
+        "0.2.0".parse().unwrap(),
+        "0.3.0".parse().unwrap(),
+        "0.1.0".parse().unwrap(),
+    );
+    let wanted = |version, base| Wanted {
+        version,
+        board: BoardId::X86_64Uefi,
+        base,
+    };
+    let got = peers.offering(wanted(&v2, None));
     let urls: Vec<&str> = got.iter().map(|p| p.url.as_str()).collect();
     let sha = "0f".repeat(32);
     assert_eq!(
@@ -446,9 +464,9 @@ fn mesh_peers_offer_live_peers_with_the_version_least_loaded_first() {
             format!("http://[fd00::2]:8080/v1/bundles/{sha}"),
         ]
     );
-    assert!(peers
-        .offering(&"0.3.0".parse().unwrap(), BoardId::X86_64Uefi)
-        .is_empty());
+    assert!(peers.offering(wanted(&v3, None)).is_empty());
+    // A full bundle is not a delta, nor a delta a full bundle.
+    assert!(peers.offering(wanted(&v2, Some(&v1))).is_empty());
 }
 
 #[test]
@@ -486,4 +504,87 @@ fn a_peer_that_is_gone_sends_the_node_to_the_channel() {
     assert!(t.elapsed() < std::time::Duration::from_secs(10));
     let slot_b = std::fs::read(&f.device.slot_devices[1].1).unwrap();
     assert_eq!(&slot_b[..rootfs.len()], &rootfs[..]);
+}
+
+#[test]
+fn a_delta_is_kept_and_the_next_node_takes_it_from_that_peer() {
+    use crate::update::tests::{delta_bundle, running};
+    use basalt_formats::bundle::PayloadName;
+    // Two nodes of a site, both running 0.1.0 with the same slot.
+    let (first, second) = (fixture(), fixture());
+    let old_root = noise(17, 400_000);
+    let bases = running(&first, &old_root);
+    running(&second, &old_root);
+    let mut new_root = old_root.clone();
+    new_root[5000..5100].fill(3);
+    let delta = delta_bundle(
+        &first.key,
+        "0.2.0",
+        "0.1.0",
+        &[
+            (PayloadName::Rootfs, new_root.clone()),
+            (PayloadName::Kernel, b"new kernel".to_vec()),
+            (PayloadName::Initrd, noise(6, 30_000)),
+        ],
+        &bases,
+    );
+    let sha = manifest_sha(&delta);
+    let origin = TestServer::start();
+    origin.route("/c/d.basalt", delta.clone(), Behaviour::Serve);
+    origin.route(
+        "/c/x86_64-uefi.json",
+        r#"{"format":1,"board":"x86_64-uefi","version":"0.2.0","bundle":"full.basalt","deltas":[{"from":"0.1.0","bundle":"d.basalt"}]}"#,
+        Behaviour::Serve,
+    );
+    let url: HttpUrl = origin.url("/c").parse().unwrap();
+    let poll = |f: &Fixture, sharing: &Sharing| {
+        poll_shared(
+            &f.device,
+            &url,
+            &quick(),
+            Mode::StageOnly,
+            &mut || Ok(()),
+            sharing,
+        )
+        .unwrap()
+    };
+
+    // The first node takes the delta from the channel and keeps it.
+    let rec = poll(&first, &sharing(&first, vec![]));
+    assert_eq!(rec.outcome, Outcome::Staged, "{rec:?}");
+    let ads = cache(&first).list();
+    assert_eq!(
+        ads,
+        vec![BundleAd {
+            manifest_sha256: sha.clone(),
+            size: delta.len() as u64,
+            ..ad_of(Some("0.1.0"))
+        }]
+    );
+    let sent = origin.bytes_sent("/c/d.basalt");
+    assert!(sent >= delta.len() as u64, "{sent}");
+
+    // The second finds it advertised by the first and takes it from there:
+    // not a byte more of it from the channel.
+    let (peer_server, p) = peer(
+        "node-1",
+        &sha,
+        std::fs::read(cache(&first).path_of(&sha).unwrap()).unwrap(),
+        Behaviour::Serve,
+    );
+    let from_peers = Sharing {
+        cache: Some(cache(&second)),
+        peers: Box::new(StaticPeers(vec![(ads[0].clone(), p)])),
+    };
+    let rec = poll(&second, &from_peers);
+    assert_eq!(rec.outcome, Outcome::Staged, "{rec:?}");
+    assert!(
+        rec.detail
+            .contains("from the delta from 0.1.0 from mesh peer node-1"),
+        "{rec:?}"
+    );
+    assert_eq!(origin.bytes_sent("/c/d.basalt"), sent);
+    assert!(!peer_server.requests().is_empty());
+    let slot_b = std::fs::read(&second.device.slot_devices[1].1).unwrap();
+    assert_eq!(&slot_b[..new_root.len()], &new_root[..]);
 }
