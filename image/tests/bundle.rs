@@ -102,11 +102,40 @@ fn make_image_at(dir: &Path, version: &str, edit: impl FnOnce(&mut Vec<u8>)) -> 
         disk::write_partition(&mut f, &img, &layout, slot, "sizes.slot", &root_img).unwrap();
     }
     drop(f);
+    write_record(
+        &img,
+        version,
+        BoardId::X86_64Uefi,
+        &sizes,
+        &layout,
+        rootfs.len(),
+    );
+    Image {
+        img,
+        rootfs,
+        kernel,
+        initrd,
+    }
+}
+
+/// The build record `basalt build` writes beside `img`.
+fn write_record(
+    img: &Path,
+    version: &str,
+    board: BoardId,
+    sizes: &Sizes,
+    layout: &DiskLayout,
+    rootfs_size: usize,
+) {
     let record = BuildRecord {
         name: "test".into(),
         version: version.into(),
-        board: BoardId::X86_64Uefi,
-        arch: Arch::Amd64,
+        board,
+        arch: if board == BoardId::X86_64Uefi {
+            Arch::Amd64
+        } else {
+            Arch::Arm64
+        },
         suite: "bookworm".into(),
         rootfs_type: RootfsType::Squashfs,
         kernel_version: "6.1.0-test".into(),
@@ -114,22 +143,16 @@ fn make_image_at(dir: &Path, version: &str, edit: impl FnOnce(&mut Vec<u8>)) -> 
         esp_size: sizes.esp.bytes(),
         slot_size: sizes.slot.bytes(),
         data_size: sizes.data.bytes(),
-        rootfs_size: rootfs.len() as u64,
+        rootfs_size: rootfs_size as u64,
         disk_size: layout.total_bytes(),
         packages: vec![],
         artifacts: vec![],
     };
     std::fs::write(
-        dir.join(format!("{stem}.json")),
+        basalt::build::record_path(img),
         serde_json::to_vec_pretty(&record).unwrap(),
     )
     .unwrap();
-    Image {
-        img,
-        rootfs,
-        kernel,
-        initrd,
-    }
 }
 
 fn key(dir: &Path, name: &str) -> (PathBuf, PublicKey) {
@@ -671,4 +694,101 @@ fn cli_channel_writes_what_devices_read() {
         .unwrap(),
         c
     );
+}
+
+/// A Raspberry Pi image: an MBR with the Pi layout, one boot FAT (a kernel,
+/// an initrd, `config.txt`) in both boot slots, a fake root file system in
+/// both root slots, and its build record; what `bundle` should carry.
+fn make_pi_image(dir: &Path) -> (PathBuf, Vec<u8>, Vec<u8>) {
+    use basalt::build::rpi::{write_fat, FatFile};
+    let sizes = Sizes {
+        esp: ByteSize::mib(16),
+        slot: ByteSize::mib(2),
+        data: ByteSize::mib(1),
+    };
+    let mut rootfs = b"hsqs".to_vec();
+    rootfs.extend(noise(4, 500_000));
+    let files = [
+        FatFile {
+            name: "config.txt".into(),
+            bytes: b"arm_64bit=1\n".to_vec(),
+        },
+        FatFile {
+            name: "vmlinuz".into(),
+            bytes: noise(5, 900_000),
+        },
+        FatFile {
+            name: "initrd.img".into(),
+            bytes: noise(6, 300_000),
+        },
+    ];
+    let boot_img = dir.join("boot.img");
+    write_fat(
+        &boot_img,
+        sizes.esp.bytes(),
+        b"BOOT       ",
+        &files,
+        3,
+        EPOCH,
+        None,
+    )
+    .unwrap();
+    let root_img = dir.join("root.img");
+    std::fs::write(&root_img, &rootfs).unwrap();
+    let layout = DiskLayout::rpi(&sizes);
+    let img = dir.join("test-0.2.0-rpi4.img");
+    let mut f = disk::create(&img, &layout, Uuid::from_u128(9), &[]).unwrap();
+    for (label, field, from) in [
+        ("boot-a", "sizes.esp", &boot_img),
+        ("boot-b", "sizes.esp", &boot_img),
+        ("root-a", "sizes.slot", &root_img),
+        ("root-b", "sizes.slot", &root_img),
+    ] {
+        disk::write_partition(&mut f, &img, &layout, label, field, from).unwrap();
+    }
+    drop(f);
+    write_record(&img, "0.2.0", BoardId::Rpi4, &sizes, &layout, rootfs.len());
+    let boot = std::fs::read(&boot_img).unwrap();
+    (img, rootfs, boot)
+}
+
+#[test]
+fn a_pi_bundle_carries_the_root_and_the_boot_partition_up_to_its_last_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, rootfs, boot) = make_pi_image(dir.path());
+    let (secret, public) = key(dir.path(), "release");
+    let out = bundle_cmd::bundle(&BundleOptions {
+        image: img,
+        key: secret,
+        min_version: None,
+        out: None,
+        delta_from: None,
+        created: EPOCH,
+    })
+    .unwrap();
+    assert_eq!(out.manifest.boards, [BoardId::Rpi4]);
+    let policy = TrustPolicy::new(vec![public], 1).unwrap();
+    let mut payloads = BundleReader::new(std::fs::File::open(&out.bundle).unwrap())
+        .unwrap()
+        .verify(&policy)
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(mut p) = payloads.next_payload().unwrap() {
+        let mut bytes = Vec::new();
+        p.read_to_end(&mut bytes).unwrap();
+        got.push((p.payload().name, bytes));
+    }
+    payloads.finish().unwrap();
+    let names: Vec<PayloadName> = got.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, [PayloadName::Rootfs, PayloadName::Boot]);
+    assert_eq!(got[0].1, rootfs);
+    // The boot payload is a prefix of the partition: everything after it is zeros
+    // (free space), and it ends within a cluster of the last file's data.
+    let prefix = &got[1].1;
+    assert!(prefix.len() < boot.len() / 2, "{} bytes", prefix.len());
+    assert_eq!(&boot[..prefix.len()], &prefix[..]);
+    assert!(boot[prefix.len()..].iter().all(|b| *b == 0));
+    assert!(prefix.len() >= 1_200_000, "{} bytes", prefix.len());
+    let report = inspect(&out.bundle, &[public], 1);
+    assert!(report.problems().is_empty(), "{:?}", report.problems());
 }

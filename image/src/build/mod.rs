@@ -546,7 +546,7 @@ fn pi_disk(
         &rpi::autoboot_files(),
         vol_id("autoboot-fs"),
         epoch,
-        true,
+        Some(fatfs::FatType::Fat16),
     )
     .with_context(|| format!("writing {}", autoboot_img.display()))?;
     // One boot slot image, written to both boot partitions: the same bytes
@@ -564,7 +564,7 @@ fn pi_disk(
         &files,
         vol_id("boot-fs"),
         epoch,
-        false,
+        None,
     )
     .with_context(|| format!("writing {}", boot_img.display()))?;
     step.done(&format!(

@@ -144,7 +144,8 @@ pub fn autoboot_files() -> Vec<FatFile> {
 }
 
 /// Writes a FAT image of `size` bytes holding `files` at its top level,
-/// every timestamp `epoch`.
+/// every timestamp `epoch`; of `fat_type`, or of the type fatfs chooses for
+/// the size.
 pub fn write_fat(
     out: &Path,
     size: u64,
@@ -152,7 +153,7 @@ pub fn write_fat(
     files: &[FatFile],
     volume_id: u32,
     epoch: u64,
-    fat16: bool,
+    fat_type: Option<fatfs::FatType>,
 ) -> Result<(), std::io::Error> {
     let mut f = std::fs::OpenOptions::new()
         .read(true)
@@ -164,8 +165,8 @@ pub fn write_fat(
     let mut opts = fatfs::FormatVolumeOptions::new()
         .volume_id(volume_id)
         .volume_label(*label);
-    if fat16 {
-        opts = opts.fat_type(fatfs::FatType::Fat16);
+    if let Some(t) = fat_type {
+        opts = opts.fat_type(t);
     }
     fatfs::format_volume(&mut f, opts)?;
     f.rewind()?;
@@ -194,7 +195,7 @@ pub fn check_fits(files: &[FatFile], size: u64) -> Result<(), RpiError> {
     Ok(())
 }
 
-/// Bytes of a FAT16 or FAT32 file system up to the end of its last cluster
+/// Bytes of a FAT file system up to the end of its last cluster
 /// in use: the boot sector, the FATs, the root directory and every file's
 /// data lie before it; after it is free space the file system never reads.
 /// A bundle's `boot` payload is this prefix of the boot partition, so an
@@ -240,20 +241,27 @@ pub fn fat_used_len(fs: &mut (impl std::io::Read + Seek)) -> std::io::Result<u64
         )));
     }
     let clusters = (total - data_start) / per_cluster;
-    let entry = match clusters {
-        0..4085 => return Err(bad("FAT12".into())),
-        4085..65525 => 2,
-        _ => 4,
+    // Bits per FAT entry: FAT12, FAT16 or FAT32 by the count of clusters.
+    let bits = match clusters {
+        0..4085 => 12,
+        4085..65525 => 16,
+        _ => 32,
     };
-    let mut fat = vec![0u8; ((clusters + 2) * entry) as usize];
+    let mut fat = vec![0u8; ((clusters + 2) * bits).div_ceil(8) as usize + 1];
     fs.seek(SeekFrom::Start(reserved * bytes_per_sector))?;
-    fs.read_exact(&mut fat)?;
+    let fat_len = fat.len() - 1;
+    fs.read_exact(&mut fat[..fat_len])?;
     let last_used = (2..clusters + 2).rev().find(|&c| {
-        let e = &fat[(c * entry) as usize..((c + 1) * entry) as usize];
-        match entry {
-            2 => u16::from_le_bytes([e[0], e[1]]) != 0,
-            _ => u32::from_le_bytes([e[0], e[1], e[2], e[3]]) & 0x0fff_ffff != 0,
-        }
+        let at = (c * bits / 8) as usize;
+        let v = match bits {
+            12 => {
+                let w = u16::from_le_bytes([fat[at], fat[at + 1]]);
+                if c % 2 == 0 { w & 0x0fff } else { w >> 4 }.into()
+            }
+            16 => u16::from_le_bytes([fat[at], fat[at + 1]]).into(),
+            _ => u32::from_le_bytes([fat[at], fat[at + 1], fat[at + 2], fat[at + 3]]) & 0x0fff_ffff,
+        };
+        v != 0
     });
     let end_sector = match last_used {
         Some(c) => data_start + (c - 1) * per_cluster,
@@ -310,8 +318,19 @@ mod tests {
         let files = autoboot_files();
         let a = dir.path().join("a.img");
         let b = dir.path().join("b.img");
-        write_fat(&a, 32 << 20, b"AUTOBOOT   ", &files, 1, 1_700_000_000, true).unwrap();
-        write_fat(&b, 32 << 20, b"AUTOBOOT   ", &files, 1, 1_700_000_000, true).unwrap();
+        for img in [&a, &b] {
+            let fat16 = Some(fatfs::FatType::Fat16);
+            write_fat(
+                img,
+                32 << 20,
+                b"AUTOBOOT   ",
+                &files,
+                1,
+                1_700_000_000,
+                fat16,
+            )
+            .unwrap();
+        }
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         let f = std::fs::File::open(&a).unwrap();
         let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new()).unwrap();
@@ -331,7 +350,13 @@ mod tests {
     #[test]
     fn the_used_prefix_ends_with_the_last_file() {
         let dir = tempfile::tempdir().unwrap();
-        for (fat16, size) in [(true, 64u64 << 20), (false, 300 << 20)] {
+        // Each FAT type, as the boot sector then says.
+        let mut kinds = Vec::new();
+        for (fat_type, size) in [
+            (fatfs::FatType::Fat12, 4u64 << 20),
+            (fatfs::FatType::Fat16, 64 << 20),
+            (fatfs::FatType::Fat32, 64 << 20),
+        ] {
             let img = dir.path().join("fat.img");
             let files = [
                 FatFile {
@@ -343,13 +368,19 @@ mod tests {
                     bytes: vec![0xaa; 3 << 20],
                 },
             ];
-            write_fat(&img, size, b"BOOT       ", &files, 1, 0, fat16).unwrap();
+            write_fat(&img, size, b"BOOT       ", &files, 1, 0, Some(fat_type)).unwrap();
             let bytes = std::fs::read(&img).unwrap();
+            kinds.push(
+                [&bytes[54..59], &bytes[82..87]]
+                    .into_iter()
+                    .find(|k| k.starts_with(b"FAT"))
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+            );
             let used = fat_used_len(&mut std::fs::File::open(&img).unwrap()).unwrap();
             let last_nonzero = bytes.iter().rposition(|b| *b != 0).unwrap() as u64;
             assert!(
                 used > last_nonzero && used - last_nonzero <= 64 << 10,
-                "fat16 {fat16}: used {used}, last non-zero byte {last_nonzero}"
+                "{fat_type:?}: used {used}, last non-zero byte {last_nonzero}"
             );
             // The prefix alone is the same file system: the files read back.
             let mut prefix = bytes[..used as usize].to_vec();
@@ -361,6 +392,10 @@ mod tests {
                 .unwrap();
             assert_eq!(k, vec![0xaa; 3 << 20]);
         }
+        assert_eq!(
+            kinds,
+            [Some("FAT12"), Some("FAT16"), Some("FAT32")].map(|k| k.map(String::from))
+        );
         let e = fat_used_len(&mut std::io::Cursor::new(vec![0u8; 4096])).unwrap_err();
         assert!(e.to_string().contains("not a FAT file system"), "{e}");
     }
