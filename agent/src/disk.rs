@@ -215,7 +215,7 @@ fn read_disk(
             }
         }
     }
-    if let Some(table) = read_mbr(&mut f) {
+    if let Some(table) = layout::read_mbr(&mut f) {
         return Ok(DiskInfo {
             name: name.to_string(),
             dev_path: dev_path.to_path_buf(),
@@ -246,16 +246,6 @@ fn read_disk(
         size_sectors,
         table: PartitionTable::Gpt,
         partitions,
-    })
-}
-
-fn read_mbr(f: &mut File) -> Option<layout::MbrTable> {
-    use std::io::{Read, Seek, SeekFrom};
-    layout::parse_mbr(|lba| {
-        let mut s = [0u8; 512];
-        f.seek(SeekFrom::Start(lba * 512)).ok()?;
-        f.read_exact(&mut s).ok()?;
-        Some(s)
     })
 }
 

@@ -286,17 +286,12 @@ pub(crate) fn open_partition(path: &Path, label: &str) -> Result<PartitionFile> 
             )
         }
         Err(source) => {
-            let mbr = basalt_formats::layout::parse_mbr(|lba| {
-                let mut s = [0u8; 512];
-                file.seek(SeekFrom::Start(lba * 512)).ok()?;
-                file.read_exact(&mut s).ok()?;
-                Some(s)
-            })
-            .filter(|t| t.is_rpi_layout())
-            .ok_or_else(|| BundleCmdError::Gpt {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            let mbr = basalt_formats::layout::read_mbr(&mut file)
+                .filter(|t| t.is_rpi_layout())
+                .ok_or_else(|| BundleCmdError::Gpt {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             let part = mbr
                 .partitions
                 .iter()
@@ -429,7 +424,8 @@ fn compress_payload(
 
 /// A built image's version and payloads: slot A's root file system (the
 /// first `rootfs_size` bytes of its partition), and its kernel and initrd
-/// (UEFI) or its whole boot slot partition (Raspberry Pi).
+/// (UEFI) or its boot slot partition up to the last cluster in use
+/// (Raspberry Pi).
 struct ImagePayloads {
     record: BuildRecord,
     version: semver::Version,

@@ -60,10 +60,10 @@
 use crate::qemu::{Vm, VmConfig};
 use crate::tools;
 use anyhow::{bail, Context, Result};
-use basalt_formats::layout::{parse_mbr, MbrTable, RPI_AUTOBOOT_PARTITION};
+use basalt_formats::layout::{read_mbr, MbrTable, RPI_AUTOBOOT_PARTITION};
 use basalt_formats::tryboot::{Autoboot, AUTOBOOT_TXT, TRYBOOT_REBOOT_ARG};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -230,13 +230,7 @@ pub fn kernel_and_initrd(config_txt: &str) -> (Option<String>, Option<String>) {
 /// Reads the MBR of an image file.
 pub fn read_table(image: &Path) -> Result<MbrTable> {
     let mut f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
-    parse_mbr(|lba| {
-        let mut s = [0u8; 512];
-        f.seek(SeekFrom::Start(lba * 512)).ok()?;
-        f.read_exact(&mut s).ok()?;
-        Some(s)
-    })
-    .with_context(|| format!("{} has no MBR partition table", image.display()))
+    read_mbr(&mut f).with_context(|| format!("{} has no MBR partition table", image.display()))
 }
 
 /// Reads the file `name` from the top of FAT partition `number` of `image`.

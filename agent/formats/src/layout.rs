@@ -246,6 +246,16 @@ impl MbrTable {
     }
 }
 
+/// [`parse_mbr`] of a disk or disk image, 512-byte sectors read from `disk`.
+pub fn read_mbr(disk: &mut (impl std::io::Read + std::io::Seek)) -> Option<MbrTable> {
+    parse_mbr(|lba| {
+        let mut s = [0u8; 512];
+        disk.seek(std::io::SeekFrom::Start(lba * 512)).ok()?;
+        disk.read_exact(&mut s).ok()?;
+        Some(s)
+    })
+}
+
 /// Reads an MBR and its chain of extended boot records through
 /// `read_sector` (LBA to 512 bytes). `None` when sector 0 carries no MBR
 /// signature or is a GPT's protective MBR. A broken EBR chain ends the list
