@@ -731,9 +731,6 @@ pub fn apply(device: &Device) -> Result<Slot, UpdateError> {
     let target = device.target();
     let mut st = UpdateState::load(&device.state_dir).map_err(io_err("update state"))?;
     if let Some(t) = &device.tryboot {
-        // The boot loader is armed by the reboot's argument (`0 tryboot`,
-        // see [`reboot_into_armed`]); only the record changes here. Again
-        // after an apply whose reboot did not happen, the record is the same.
         match t.state().map_err(io_err("tryboot state"))? {
             basalt_formats::tryboot::TrybootState::Committed { slot } if slot != target => {}
             other => {
@@ -742,30 +739,39 @@ pub fn apply(device: &Device) -> Result<Slot, UpdateError> {
                 )))
             }
         }
-        let version = match st.get(target) {
-            Some(SlotRecord::Staged { version } | SlotRecord::Trying { version }) => {
-                version.clone()
-            }
-            _ => return Err(UpdateError::NotStaged { slot: target }),
-        };
-        st.set(
-            target,
-            SlotRecord::Trying {
-                version: version.clone(),
-            },
-        );
-        st.write(&device.state_dir)
-            .map_err(io_err("update state"))?;
-        info!(
-            "slot {target} ({version}) armed: the reboot with {:?} tries it once",
-            basalt_formats::tryboot::TRYBOOT_REBOOT_ARG
-        );
-        return Ok(target);
     }
     let version = match st.get(target) {
         Some(SlotRecord::Staged { version }) => version.clone(),
+        // On a Pi, again after an apply whose reboot did not happen.
+        Some(SlotRecord::Trying { version }) if device.tryboot.is_some() => version.clone(),
         _ => return Err(UpdateError::NotStaged { slot: target }),
     };
+    let armed = if device.tryboot.is_some() {
+        // The boot loader is armed by the reboot's argument (`0 tryboot`,
+        // see [`reboot_into_armed`]); only the record changes here.
+        format!(
+            "armed: the reboot with {:?} tries it once",
+            basalt_formats::tryboot::TRYBOOT_REBOOT_ARG
+        )
+    } else {
+        arm_loader_entry(device, target, &version)?;
+        format!("armed with {TRIES} tries; it boots next")
+    };
+    st.set(
+        target,
+        SlotRecord::Trying {
+            version: version.clone(),
+        },
+    );
+    st.write(&device.state_dir)
+        .map_err(io_err("update state"))?;
+    info!("slot {target} ({version}) {armed}");
+    Ok(target)
+}
+
+/// UEFI: promotes the staged kernel and initrd of `target` and writes its
+/// loader entry with a boot counter, from the running slot's entry.
+fn arm_loader_entry(device: &Device, target: Slot, version: &str) -> Result<(), UpdateError> {
     for file in ["vmlinuz", "initrd"] {
         if device.esp.has_new(target, file) {
             device
@@ -795,19 +801,9 @@ pub fn apply(device: &Device) -> Result<Slot, UpdateError> {
         .write_entry(
             target,
             TRIES,
-            &esp::entry_for(&template, target, &version, &title),
+            &esp::entry_for(&template, target, version, &title),
         )
-        .map_err(io_err("writing the loader entry"))?;
-    st.set(
-        target,
-        SlotRecord::Trying {
-            version: version.clone(),
-        },
-    );
-    st.write(&device.state_dir)
-        .map_err(io_err("update state"))?;
-    info!("slot {target} ({version}) armed with {TRIES} tries; it boots next");
-    Ok(target)
+        .map_err(io_err("writing the loader entry"))
 }
 
 /// `update revert`: cancels an armed update, or gives up on the running trial.
