@@ -169,13 +169,7 @@ fn run() -> anyhow::Result<Never> {
 fn firmware_slot() -> anyhow::Result<Slot> {
     use anyhow::Context;
     let dir = Path::new(crate::update::tryboot::FIRMWARE_DT);
-    let read = |name: &str| {
-        let p = dir.join(name);
-        fs::read(&p).with_context(|| format!("reading {}", p.display()))
-    };
-    let fw =
-        basalt_formats::tryboot::FirmwareBoot::from_cells(&read("tryboot")?, &read("partition")?)
-            .with_context(|| format!("{}: not 32-bit cells", dir.display()))?;
+    let fw = crate::update::tryboot::read_firmware(dir)?;
     let slot = fw.slot().with_context(|| {
         format!(
             "the firmware started partition {}, which is not a basalt boot slot",

@@ -49,20 +49,7 @@ impl Tryboot {
 
     /// What the firmware reported for this boot.
     pub fn firmware(&self) -> io::Result<FirmwareBoot> {
-        let read = |name: &str| {
-            let p = self.firmware_dir.join(name);
-            std::fs::read(&p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
-        };
-        let (t, p) = (read("tryboot")?, read("partition")?);
-        FirmwareBoot::from_cells(&t, &p).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{}: tryboot and partition are not 32-bit cells",
-                    self.firmware_dir.display()
-                ),
-            )
-        })
+        read_firmware(&self.firmware_dir)
     }
 
     /// Mounts the `autoboot.txt` partition unless it is mounted already.
@@ -119,6 +106,24 @@ impl Tryboot {
     }
 }
 
+/// What the firmware reported for this boot in `dir` ([`FIRMWARE_DT`]).
+pub fn read_firmware(dir: &Path) -> io::Result<FirmwareBoot> {
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read(&p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+    };
+    let (t, p) = (read("tryboot")?, read("partition")?);
+    FirmwareBoot::from_cells(&t, &p).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: tryboot and partition are not 32-bit cells",
+                dir.display()
+            ),
+        )
+    })
+}
+
 /// Where the firmware stands, as the loader entries [`super::on_boot`]
 /// reads on UEFI boards: the committed slot is a blessed entry; a slot on
 /// trial is an entry still counting; the other slot has none, so a slot
@@ -132,25 +137,15 @@ pub fn as_entries(state: &TrybootState) -> Vec<basalt_formats::entry::EntryName>
             slot,
             counter: None,
         }],
-        TrybootState::Trial { slot } => vec![
+        // On trial; or running while autoboot.txt already commits the
+        // other slot, so on its way out: neither good nor failed yet.
+        TrybootState::Trial { slot } | TrybootState::Mismatch { running: slot, .. } => vec![
             EntryName {
                 slot,
                 counter: Some(Counter { left: 1, done: 1 }),
             },
             EntryName {
                 slot: slot.other(),
-                counter: None,
-            },
-        ],
-        // autoboot.txt already commits the other slot: this one is on its
-        // way out, neither good nor failed yet.
-        TrybootState::Mismatch { running, committed } => vec![
-            EntryName {
-                slot: running,
-                counter: Some(Counter { left: 1, done: 1 }),
-            },
-            EntryName {
-                slot: committed,
                 counter: None,
             },
         ],
