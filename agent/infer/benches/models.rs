@@ -7,6 +7,10 @@
 //!
 //! tract's time is `Model::infer` on a parsed request (input tensors built,
 //! plan run, outputs typed), after one warm-up run that also makes the plan.
+//! The two take turns, in ROUNDS rounds of runs/ROUNDS runs each, so that a
+//! slow spell of a shared machine falls on both instead of on whichever
+//! happened to run then; the ratio column is tract's p50 over
+//! onnxruntime's.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -15,6 +19,9 @@ use basalt_infer::v2::{Datatype, InferRequest, TensorData};
 use basalt_infer::{LoadOptions, Model};
 use std::time::Instant;
 use support::*;
+
+/// tract and onnxruntime take turns this many times per model.
+const ROUNDS: usize = 5;
 
 struct Stats {
     p50: f64,
@@ -50,7 +57,7 @@ fn main() {
             "ppocr-cls.onnx",
             &[1, 3, 48, 192],
             TensorData::Fp32(text_line_image(1, 48, 192)),
-            500,
+            1000,
         ),
         (
             "PP-OCR rec",
@@ -60,8 +67,8 @@ fn main() {
             100,
         ),
     ];
-    println!("| model | input | runs | tract p50 | tract p99 | tract runs/s | onnxruntime p50 | onnxruntime p99 | onnxruntime runs/s |");
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| model | input | runs | tract p50 | tract p99 | tract runs/s | onnxruntime p50 | onnxruntime p99 | onnxruntime runs/s | tract/onnxruntime p50 |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (label, file, shape, data, runs) in cases {
         let path = dir.join(file);
         let model = Model::load(label, "1", &path, &LoadOptions::default())
@@ -74,18 +81,19 @@ fn main() {
         };
         let req: InferRequest = request(&input, datatype, shape, data.clone());
         model.infer(&req).expect("warm-up");
-        let tract: Vec<f64> = (0..runs)
-            .map(|_| {
+        let (mut tract, mut ort) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            tract.extend((0..runs / ROUNDS).map(|_| {
                 let start = Instant::now();
                 model.infer(&req).expect("runs");
                 start.elapsed().as_secs_f64() * 1000.0
-            })
-            .collect();
-        let (_, ort) = onnxruntime(&python, &path, &input, shape, &data, runs);
+            }));
+            ort.extend(onnxruntime(&python, &path, &input, shape, &data, runs / ROUNDS).1);
+        }
         let (t, o) = (stats(tract), stats(ort));
         println!(
-            "| {label} | {datatype} {shape:?} | {runs} | {:.2} ms | {:.2} ms | {:.1} | {:.2} ms | {:.2} ms | {:.1} |",
-            t.p50, t.p99, t.per_second, o.p50, o.p99, o.per_second
+            "| {label} | {datatype} {shape:?} | {runs} | {:.2} ms | {:.2} ms | {:.1} | {:.2} ms | {:.2} ms | {:.1} | {:.2}x |",
+            t.p50, t.p99, t.per_second, o.p50, o.p99, o.per_second, t.p50 / o.p50
         );
     }
 }

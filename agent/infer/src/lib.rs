@@ -15,9 +15,10 @@
 //! before it runs anything.
 
 mod error;
+mod fuse;
 mod model;
 mod tensor;
 pub mod v2;
 
 pub use error::{InferError, LoadError};
-pub use model::{LoadOptions, Model, TensorSpec};
+pub use model::{optimise, LoadOptions, Model, TensorSpec};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use tract_onnx::prelude::{
     Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoTValue, TDim, TValue, TVec,
-    Tensor, TractResult, TypedRunnableModel,
+    Tensor, TractResult, TypedModel, TypedRunnableModel,
 };
 
 use tract_hir::internal::{Factoid, IntoRunnable};
@@ -702,7 +702,17 @@ fn make_plan(source: &InferenceModel, inputs: &[TensorSpec], shapes: &Shapes) ->
             InferenceFact::dt_shape(datum_type(spec.datatype), shape.as_slice()),
         )?;
     }
-    model.into_optimized()?.into_runnable()
+    optimise(model)?.into_runnable()
+}
+
+/// Types, declutters and optimises a model the way every plan is made:
+/// tract's passes plus basalt's own rewrites (see `fuse`).
+pub fn optimise(model: InferenceModel) -> TractResult<TypedModel> {
+    let mut typed = model.into_typed()?.into_decluttered()?;
+    crate::fuse::scale_shift_into_convs(&mut typed)?;
+    crate::fuse::hard_swish_chains(&mut typed)?;
+    crate::fuse::max_pools(&mut typed)?;
+    typed.into_optimized()
 }
 
 #[cfg(test)]
