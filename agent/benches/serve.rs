@@ -14,7 +14,9 @@
 //!    in-process, the binary body decoded, run and the answer encoded as
 //!    the server does; and the same request through the server, as JSON
 //!    and as binary tensor data both ways. The difference is what HTTP,
-//!    parsing, access control and metering add.
+//!    parsing, access control and metering add. The four take turns request
+//!    by request. The server's own means come from its `/metrics`: the
+//!    whole request, the wait for a worker, and the model run.
 //! 2. Throughput of magika with 8 clients at once, dynamic batching on
 //!    (batch of up to 8) and off.
 //! 3. The server's resident memory: started with no models, with the
@@ -23,6 +25,7 @@
 #[path = "../infer/tests/support/mod.rs"]
 mod support;
 
+use axum::body::Bytes;
 use basalt_agent::serve::{self, models, Limits, Server};
 use basalt_infer::v2::{self, Datatype, InferRequest, TensorData};
 use basalt_infer::{LoadOptions, Model};
@@ -90,7 +93,7 @@ fn main() {
             100,
         ),
     ];
-    println!("| model | input | runs | tract p50 | tract p99 | in-process binary p50 | HTTP JSON p50 | HTTP JSON p99 | JSON adds (p50) | HTTP binary p50 | HTTP binary p99 | binary adds (p50) | server's own time, binary (mean) |");
+    println!("| model | input | runs | tract p50 | tract p99 | in-process binary p50 | HTTP JSON p50 | HTTP JSON p99 | JSON adds (p50) | HTTP binary p50 | HTTP binary p99 | binary adds (p50) | server: request, queue, compute (means) |");
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (name, file, shape, data, runs) in cases {
         let model = Model::load(name, "1", &dir.join(file), &LoadOptions::default())
@@ -99,50 +102,60 @@ fn main() {
         let datatype = data.datatype();
         let req: InferRequest = request(&input, datatype, shape, data);
         let want = model.infer(&req).expect("warm-up");
-        let tract = stats(
-            (0..runs)
-                .map(|_| time(|| drop(model.infer(&req))))
-                .collect(),
-        );
         // Binary both ways: inputs after the JSON, outputs asked for as bytes.
         let mut binary_req = req.clone();
         binary_req.parameters = serde_json::json!({"binary_data_output": true})
             .as_object()
             .cloned();
         let (binary, header_len) = v2::binary_request(&binary_req);
-        // The same in-process, decoded and encoded as the server does: what
-        // the HTTP columns add beyond this is the transport and threads.
-        let codec = stats(
-            (0..runs)
-                .map(|_| {
-                    time(|| {
-                        let r =
-                            v2::parse_request_with(&binary, Some(header_len), &Default::default())
-                                .expect("parses");
-                        let out = model.infer(&r).expect("runs");
-                        drop(v2::BinaryOutputs::of(&r).response(&out));
-                    })
-                })
-                .collect(),
-        );
+        let binary = Bytes::from(binary);
+        let json = Bytes::from(serde_json::to_vec(&req).expect("request JSON"));
         let url = format!("{base}/v2/models/{name}/infer");
-        let json = serde_json::to_vec(&req).expect("request JSON");
-        let json_ms = rt.block_on(sequential(&client, &url, &json, None, runs, &want));
-        let before = histogram(&rt, &client, &base, "request_duration_seconds", name);
-        let binary_ms = rt.block_on(sequential(
+        rt.block_on(check_answer(&client, &url, &json, None, &want));
+        rt.block_on(check_answer(
             &client,
             &url,
             &binary,
             Some(header_len),
-            runs,
             &want,
         ));
-        let after = histogram(&rt, &client, &base, "request_duration_seconds", name);
-        // The server's own wall time per binary request (its warm-up included).
-        let handler_ms = 1000.0 * (after.0 - before.0) / (after.1 - before.1);
+        let server = ["request", "queue", "compute"];
+        let histograms = |rt: &tokio::runtime::Runtime| {
+            server.map(|h| histogram(rt, &client, &base, &format!("{h}_duration_seconds"), name))
+        };
+        let before = histograms(&rt);
+        // The four take turns request by request, so that a slow spell of
+        // the machine falls on all of them alike.
+        let (mut tract, mut codec, mut json_ms, mut binary_ms) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            tract.push(time(|| drop(model.infer(&req))));
+            // The same in-process, decoded and encoded as the server does:
+            // what the HTTP columns add beyond this is the transport and
+            // threads.
+            codec.push(time(|| {
+                let r = v2::parse_request_with(&binary, Some(header_len), &Default::default())
+                    .expect("parses");
+                let out = model.infer(&r).expect("runs");
+                drop(v2::BinaryOutputs::of(&r).response(&out));
+            }));
+            json_ms.push(rt.block_on(one(&client, &url, &json, None)));
+            binary_ms.push(rt.block_on(one(&client, &url, &binary, Some(header_len))));
+        }
+        let after = histograms(&rt);
+        // The server's own means per request, JSON and binary together: the
+        // whole request, the wait for a worker, the model run.
+        let server_ms: Vec<String> = (0..server.len())
+            .map(|i| {
+                let (b, a) = (before[i], after[i]);
+                format!("{:.2}", 1000.0 * (a.0 - b.0) / (a.1 - b.1))
+            })
+            .collect();
+        let server_ms = server_ms.join(" / ");
+        let (tract, codec) = (stats(tract), stats(codec));
         let (j, b) = (stats(json_ms), stats(binary_ms));
         println!(
-            "| {name} | {datatype} {shape:?} | {runs} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms ({:+.0} %) | {:.2} ms | {:.2} ms | {:.2} ms ({:+.0} %) | {handler_ms:.2} ms |",
+            "| {name} | {datatype} {shape:?} | {runs} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms ({:+.0} %) | {:.2} ms | {:.2} ms | {:.2} ms ({:+.0} %) | {server_ms} ms |",
             tract.p50,
             tract.p99,
             codec.p50,
@@ -169,6 +182,7 @@ fn main() {
         TensorData::Int32(magika),
     );
     let (body, header_len) = v2::binary_request(&req);
+    let body = Bytes::from(body);
     for (label, name) in [
         ("batching on (up to 8)", "magika"),
         ("batching off", "magika-unbatched"),
@@ -251,10 +265,11 @@ fn install(root: &Path, name: &str, onnx: &Path, batch_max: u32) {
 fn post(
     client: &reqwest::Client,
     url: &str,
-    body: &[u8],
+    body: &Bytes,
     header_len: Option<usize>,
 ) -> reqwest::RequestBuilder {
-    let r = client.post(url).body(body.to_vec());
+    // A reference-counted body: the client copies nothing per request.
+    let r = client.post(url).body(body.clone());
     match header_len {
         Some(n) => r
             .header(v2::HEADER_LENGTH, n)
@@ -263,16 +278,14 @@ fn post(
     }
 }
 
-/// `runs` requests one after another (after one to warm up, whose answer
-/// must equal tract's); milliseconds each.
-async fn sequential(
+/// One request, whose answer must equal tract's.
+async fn check_answer(
     client: &reqwest::Client,
     url: &str,
-    body: &[u8],
+    body: &Bytes,
     header_len: Option<usize>,
-    runs: usize,
     want: &v2::InferResponse,
-) -> Vec<f64> {
+) {
     let r = post(client, url, body, header_len)
         .send()
         .await
@@ -285,18 +298,18 @@ async fn sequential(
     let bytes = r.bytes().await.expect("response body");
     let got = v2::binary::parse_response(&bytes, answer_len).expect("an answer");
     assert_eq!(got.outputs, want.outputs, "{url}: the server's answer");
-    let mut out = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let start = Instant::now();
-        let r = post(client, url, body, header_len)
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(r.status(), 200);
-        r.bytes().await.expect("response body");
-        out.push(start.elapsed().as_secs_f64() * 1000.0);
-    }
-    out
+}
+
+/// One request; its milliseconds, until the whole answer is in.
+async fn one(client: &reqwest::Client, url: &str, body: &Bytes, header_len: Option<usize>) -> f64 {
+    let start = Instant::now();
+    let r = post(client, url, body, header_len)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    r.bytes().await.expect("response body");
+    start.elapsed().as_secs_f64() * 1000.0
 }
 
 /// [`BATCH_CLIENTS`] clients sending as fast as answers come, for
@@ -304,13 +317,13 @@ async fn sequential(
 async fn concurrent(
     client: &reqwest::Client,
     url: &str,
-    body: &[u8],
+    body: &Bytes,
     header_len: usize,
 ) -> (usize, Vec<f64>) {
     let until = Instant::now() + Duration::from_secs(BATCH_SECONDS);
     let tasks: Vec<_> = (0..BATCH_CLIENTS)
         .map(|_| {
-            let (client, url, body) = (client.clone(), url.to_string(), body.to_vec());
+            let (client, url, body) = (client.clone(), url.to_string(), body.clone());
             tokio::spawn(async move {
                 let mut ms = Vec::new();
                 while Instant::now() < until {

@@ -8,11 +8,13 @@
 //! leave a torn last line; opening the log cuts it off and the chain goes on
 //! from the last whole line.
 
+use axum::body::Bytes;
 use basalt_formats::mesh::NodeId;
 use basalt_formats::metering::{
     line_hash, sign_line, verify_line, Record, GENESIS, RECORD_VERSION,
 };
 use ed25519_dalek::SigningKey;
+use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -33,7 +35,9 @@ pub struct Usage {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub wall_us: u64,
-    pub input_sha256: [u8; 32],
+    /// The request body. The log keeps only its SHA-256, which the writer
+    /// thread computes, off the request's path.
+    pub input: Bytes,
     pub status: u16,
     pub served_by: Option<NodeId>,
     pub client: String,
@@ -162,7 +166,7 @@ impl Writer {
             bytes_in: u.bytes_in,
             bytes_out: u.bytes_out,
             wall_us: u.wall_us,
-            input_sha256: hex::encode(u.input_sha256),
+            input_sha256: hex::encode(Sha256::digest(&u.input)),
             status: u.status,
             served_by: u.served_by,
             client: u.client,
@@ -284,7 +288,7 @@ mod tests {
             bytes_in: i,
             bytes_out: 2 * i,
             wall_us: 10,
-            input_sha256: [7; 32],
+            input: Bytes::from_static(b"[7]"),
             status: 200,
             served_by: None,
             client: "local".into(),

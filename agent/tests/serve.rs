@@ -484,6 +484,16 @@ async fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
         .unwrap_or_else(|| panic!("{text}"));
     let batches: u64 = count_line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(batches < 6, "6 requests ran in {batches} batches: {text}");
+    // Each request's wait for a worker and its model run are counted, also
+    // when it ran in a batch.
+    for h in ["queue", "compute"] {
+        assert!(
+            text.contains(&format!(
+                "basalt_inference_{h}_duration_seconds_count{{model=\"mlp\"}} 6"
+            )),
+            "{text}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use super::{Job, Limits};
 use basalt_infer::Model;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{mpsc, Semaphore};
 
 /// Rows a request adds to a batch: the leading dimension of its first input.
@@ -115,21 +116,29 @@ pub fn start(
                 .get_or_create(&labels)
                 .observe(jobs.len() as f64);
             let model = model.clone();
-            let in_flight = metrics.in_flight.clone();
-            in_flight.inc();
+            let metrics = metrics.clone();
+            let labels = labels.clone();
+            metrics.in_flight.inc();
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                if jobs.len() == 1 {
-                    let j = jobs.pop().expect("one job");
-                    let _ = j.reply.send(model.infer(&j.request));
+                let started = Instant::now();
+                let queue = metrics.queue_seconds.get_or_create(&labels);
+                for j in &jobs {
+                    queue.observe(started.duration_since(j.queued).as_secs_f64());
+                }
+                let results = if jobs.len() == 1 {
+                    vec![model.infer(&jobs[0].request)]
                 } else {
                     let requests: Vec<_> = jobs.iter().map(|j| &j.request).collect();
-                    let results = model.infer_batch(&requests);
-                    for (j, r) in jobs.into_iter().zip(results) {
-                        let _ = j.reply.send(r);
-                    }
+                    model.infer_batch(&requests)
+                };
+                let compute = started.elapsed().as_secs_f64();
+                let computed = metrics.compute_seconds.get_or_create(&labels);
+                for (j, r) in jobs.into_iter().zip(results) {
+                    computed.observe(compute);
+                    let _ = j.reply.send(r);
                 }
-                in_flight.dec();
+                metrics.in_flight.dec();
             });
         }
     });
@@ -157,6 +166,7 @@ mod tests {
     fn job(rows: u64) -> Job {
         let (reply, _) = tokio::sync::oneshot::channel();
         Job {
+            queued: Instant::now(),
             request: basalt_infer::v2::InferRequest {
                 id: None,
                 parameters: None,

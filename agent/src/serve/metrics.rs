@@ -31,6 +31,8 @@ pub struct Metrics {
     pub queue_depth: Family<ModelLabels, Gauge>,
     pub in_flight: Gauge,
     pub batch_size: Family<ModelLabels, Histogram>,
+    pub queue_seconds: Family<ModelLabels, Histogram>,
+    pub compute_seconds: Family<ModelLabels, Histogram>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -54,6 +56,12 @@ impl Default for Metrics {
         let in_flight = Gauge::default();
         let batch_size = Family::<ModelLabels, Histogram>::new_with_constructor(
             batch_histogram as fn() -> Histogram,
+        );
+        let queue_seconds = Family::<ModelLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let compute_seconds = Family::<ModelLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
         );
         registry.register(
             "requests",
@@ -81,6 +89,16 @@ impl Default for Metrics {
             "Requests run together in one batch",
             batch_size.clone(),
         );
+        registry.register(
+            "queue_duration_seconds",
+            "Wall time from joining the model's queue to a worker starting on it",
+            queue_seconds.clone(),
+        );
+        registry.register(
+            "compute_duration_seconds",
+            "Wall time of the model run (of the whole batch, for each request in it)",
+            compute_seconds.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -89,6 +107,8 @@ impl Default for Metrics {
             queue_depth,
             in_flight,
             batch_size,
+            queue_seconds,
+            compute_seconds,
         }
     }
 }

@@ -39,7 +39,6 @@ use axum::Router;
 use basalt_infer::v2;
 use basalt_infer::InferError;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -109,6 +108,8 @@ impl Limits {
 #[derive(Debug)]
 pub struct Job {
     pub request: v2::InferRequest,
+    /// When the request joined the model's queue.
+    pub queued: Instant,
     pub reply: oneshot::Sender<Result<v2::InferResponse, InferError>>,
 }
 
@@ -571,30 +572,27 @@ async fn infer(
         (Err(r), _) | (_, Err(r)) => Err(r),
     };
     let mut served_by = None;
-    let (response, caller, bytes_in, digest, version) = match body {
-        Err(r) => (r, None, 0, [0; 32], None),
-        Ok((body, header_len)) => {
-            let digest: [u8; 32] = Sha256::digest(&body).into();
-            match check(&s, peer.ip(), &headers, &method, &uri, &body) {
-                Err(r) => (r, None, body.len() as u64, digest, None),
-                Ok(c) => {
-                    let local = s.models.status(&name).is_some();
-                    let forwarded = if local || hops >= route::MAX_HOPS {
-                        None
-                    } else {
-                        forward(&s, &name, body.clone(), header_len, hops).await
-                    };
-                    let (r, version) = match forwarded {
-                        Some((r, by)) => {
-                            served_by = by;
-                            (r, None)
-                        }
-                        None => run(&s, &name, &body, header_len).await,
-                    };
-                    (r, Some(c), body.len() as u64, digest, version)
-                }
+    let (response, caller, bytes_in, input, version) = match body {
+        Err(r) => (r, None, 0, Default::default(), None),
+        Ok((body, header_len)) => match check(&s, peer.ip(), &headers, &method, &uri, &body) {
+            Err(r) => (r, None, body.len() as u64, body, None),
+            Ok(c) => {
+                let local = s.models.status(&name).is_some();
+                let forwarded = if local || hops >= route::MAX_HOPS {
+                    None
+                } else {
+                    forward(&s, &name, body.clone(), header_len, hops).await
+                };
+                let (r, version) = match forwarded {
+                    Some((r, by)) => {
+                        served_by = by;
+                        (r, None)
+                    }
+                    None => run(&s, &name, &body, header_len).await,
+                };
+                (r, Some(c), body.len() as u64, body, version)
             }
-        }
+        },
     };
     let mut response = response;
     if served_by.is_none() {
@@ -637,7 +635,7 @@ async fn infer(
         bytes_in,
         bytes_out,
         wall_us: wall.as_micros() as u64,
-        input_sha256: digest,
+        input,
         status,
         served_by,
         client: caller.label(),
@@ -787,7 +785,15 @@ async fn run(
         model: name.to_string(),
     };
     s.metrics.queue_depth.get_or_create(&labels).inc();
-    if served.queue.try_send(Job { request, reply: tx }).is_err() {
+    if served
+        .queue
+        .try_send(Job {
+            request,
+            queued: Instant::now(),
+            reply: tx,
+        })
+        .is_err()
+    {
         s.metrics.queue_depth.get_or_create(&labels).dec();
         let mut r = error(
             429,
