@@ -11,7 +11,6 @@
 //!   every window that is not stride 1 (PP-OCR's 2x2 stride 2 pooling cost
 //!   a tenth of the classifier's time); [`MaxPool2d`] is unpadded NCHW
 //!   pooling written as plain loops over rows.
-//!
 //! - A batch normalisation after a convolution arrives as a per-channel
 //!   multiply and add. tract folds them into the matrix product of 1x1
 //!   convolutions but not into depthwise ones, where they cost a pass each;
@@ -29,24 +28,34 @@ use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::math::{mul, Add, Max, Min, Mul};
 use tract_onnx::tract_core::ops::nn::{hard_swish, DataFormat};
 
-/// Replaces every `x * clip(x + 3, 0, 6) * c` with `HardSwish(x)` (times
-/// `6c` when `c` is not 1/6) and returns how many it replaced.
-pub(crate) fn hard_swish_chains(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
+/// A rewrite: the patch it makes at one node, if the node starts its pattern.
+type Rewrite = fn(&TypedModel, &TypedNode) -> TractResult<Option<TypedModelPatch>>;
+
+/// Applies `rewrite` wherever it matches, one patch at a time in evaluation
+/// order (a patch changes the graph the next match is looked for in), and
+/// returns how many patches it applied.
+fn rewrite_all(model: &mut TypedModel, rewrite: Rewrite) -> TractResult<usize> {
+    let mut applied = 0;
     loop {
         let mut patch = None;
         for id in model.eval_order()? {
-            if let Some(p) = hard_swish_at(model, model.node(id))? {
+            if let Some(p) = rewrite(model, model.node(id))? {
                 patch = Some(p);
                 break;
             }
         }
         let Some(patch) = patch else {
-            return Ok(replaced);
+            return Ok(applied);
         };
         patch.apply(model)?;
-        replaced += 1;
+        applied += 1;
     }
+}
+
+/// Replaces every `x * clip(x + 3, 0, 6) * c` with `HardSwish(x)` (times
+/// `6c` when `c` is not 1/6) and returns how many it replaced.
+pub(crate) fn hard_swish_chains(model: &mut TypedModel) -> TractResult<usize> {
+    rewrite_all(model, hard_swish_at)
 }
 
 /// The node's binary mini-op when the node is a `B`.
@@ -140,51 +149,52 @@ fn scalar_const_input(model: &TypedModel, node: &TypedNode) -> TractResult<Optio
 /// Replaces every unpadded, undilated 2-D NCHW `MaxPool` on F32 with
 /// [`MaxPool2d`] and returns how many it replaced.
 pub(crate) fn max_pools(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some(op) = node.op_as::<MaxPool>() else {
-            continue;
-        };
-        let spec = &op.pool_spec;
-        let fact = model.outlet_fact(node.inputs[0])?;
-        let unpadded = match &spec.padding {
-            PaddingSpec::Valid => true,
-            PaddingSpec::Explicit(b, a) | PaddingSpec::ExplicitOnnxPool(b, a, false) => {
-                b.iter().chain(a.iter()).all(|&p| p == 0)
-            }
-            _ => false,
-        };
-        let (Some(shape), [kh, kw]) = (fact.shape.as_concrete(), spec.kernel_shape.as_slice())
-        else {
-            continue;
-        };
-        let strides = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
-        if op.with_index_outputs.is_some()
-            || spec.data_format != DataFormat::NCHW
-            || fact.datum_type != DatumType::F32
-            || shape.len() != 4
-            || !unpadded
-            || spec
-                .dilations
-                .as_ref()
-                .is_some_and(|d| d.iter().any(|&d| d != 1))
-            || strides.len() != 2
-            || strides.contains(&0)
-            || shape[2] < *kh
-            || shape[3] < *kw
-        {
-            continue;
+    rewrite_all(model, max_pool_at)
+}
+
+fn max_pool_at(model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
+    let Some(op) = node.op_as::<MaxPool>() else {
+        return Ok(None);
+    };
+    let spec = &op.pool_spec;
+    let fact = model.outlet_fact(node.inputs[0])?;
+    let unpadded = match &spec.padding {
+        PaddingSpec::Valid => true,
+        PaddingSpec::Explicit(b, a) | PaddingSpec::ExplicitOnnxPool(b, a, false) => {
+            b.iter().chain(a.iter()).all(|&p| p == 0)
         }
-        let pool = MaxPool2d {
-            kernel: [*kh, *kw],
-            strides: [strides[0], strides[1]],
-        };
-        let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, pool)?;
-        patch.apply(model)?;
-        replaced += 1;
+        _ => false,
+    };
+    let (Some(shape), [kh, kw]) = (fact.shape.as_concrete(), spec.kernel_shape.as_slice()) else {
+        return Ok(None);
+    };
+    let strides = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
+    if op.with_index_outputs.is_some()
+        || spec.data_format != DataFormat::NCHW
+        || fact.datum_type != DatumType::F32
+        || shape.len() != 4
+        || !unpadded
+        || spec
+            .dilations
+            .as_ref()
+            .is_some_and(|d| d.iter().any(|&d| d != 1))
+        || strides.len() != 2
+        || strides.contains(&0)
+        || shape[2] < *kh
+        || shape[3] < *kw
+    {
+        return Ok(None);
     }
-    Ok(replaced)
+    let pool = MaxPool2d {
+        kernel: [*kh, *kw],
+        strides: [strides[0], strides[1]],
+    };
+    Ok(Some(TypedModelPatch::replace_single_op(
+        model,
+        node,
+        &node.inputs,
+        pool,
+    )?))
 }
 
 /// Max pooling over `kernel` windows every `strides` of the two last axes of
@@ -292,21 +302,7 @@ impl TypedOp for MaxPool2d {
 /// for float convolutions whose only reader is the multiply, and returns
 /// how many it folded.
 pub(crate) fn scale_shift_into_convs(model: &mut TypedModel) -> TractResult<usize> {
-    let mut folded = 0;
-    loop {
-        let mut patch = None;
-        for id in model.eval_order()? {
-            if let Some(p) = scale_shift_at(model, model.node(id))? {
-                patch = Some(p);
-                break;
-            }
-        }
-        let Some(patch) = patch else {
-            return Ok(folded);
-        };
-        patch.apply(model)?;
-        folded += 1;
-    }
+    rewrite_all(model, scale_shift_at)
 }
 
 /// The values of a constant input of `node` that is per-channel along
@@ -466,12 +462,8 @@ mod tests {
         attribute: Vec<pb::AttributeProto>,
     ) -> pb::NodeProto {
         pb::NodeProto {
-            op_type: op.into(),
-            name: output.into(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.into()],
             attribute,
-            ..Default::default()
+            ..crate::model::tests::node(op, inputs, output)
         }
     }
 

@@ -725,7 +725,7 @@ mod send_sync {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::v2::{parse_request, RequestLimits, TensorData};
     use pb::tensor_shape_proto::{dimension, Dimension};
@@ -756,7 +756,8 @@ mod tests {
         }
     }
 
-    fn node(op: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
+    /// An ONNX node with one output, named after it.
+    pub(crate) fn node(op: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
         pb::NodeProto {
             op_type: op.into(),
             name: output.into(),
