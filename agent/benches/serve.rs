@@ -10,13 +10,19 @@
 //! process, over loopback HTTP/1.1 with keep-alive.
 //!
 //! 1. Latency, one request at a time: tract alone (`Model::infer` on a
-//!    parsed request, as `cargo bench -p basalt-infer --bench models`);
-//!    in-process, the binary body decoded, run and the answer encoded as
-//!    the server does; and the same request through the server, as JSON
-//!    and as binary tensor data both ways. The difference is what HTTP,
-//!    parsing, access control and metering add. The four take turns request
-//!    by request. The server's own means come from its `/metrics`: the
-//!    whole request, the wait for a worker, and the model run.
+//!    parsed request, as `cargo bench -p basalt-infer --bench models`) and
+//!    the same request through the server, as JSON and as binary tensor
+//!    data both ways; the three take turns request by request. Each answer's
+//!    `Server-Timing` header says how long the model ran (`compute`), how
+//!    long it waited for a worker (`queue`) and how long the server had the
+//!    request (`total`), which splits the client's wait, request by
+//!    request, into the model, the server's own work (total − queue −
+//!    compute: reading, parsing, checks, encoding, metering) and the
+//!    transport (client − total: the loopback TCP and waking each side).
+//!    Taken per request, the split does not depend on how fast the model
+//!    happened to run that time (on a VM that varies by tens of percent).
+//!    For scale, the round trip of `GET /v2/health/live`, back to back and
+//!    after 2 ms idle.
 //! 2. Throughput of magika with 8 clients at once, dynamic batching on
 //!    (batch of up to 8) and off.
 //! 3. The server's resident memory: started with no models, with the
@@ -93,7 +99,33 @@ fn main() {
             100,
         ),
     ];
-    println!("| model | input | runs | tract p50 | tract p99 | in-process binary p50 | HTTP JSON p50 | HTTP JSON p99 | JSON adds (p50) | HTTP binary p50 | HTTP binary p99 | binary adds (p50) | server: request, queue, compute (means) |");
+    // For scale: a request the server answers at once, back to back and
+    // after each side has idled for 2 ms (about what one side idles while
+    // the other runs a 2 ms model).
+    let health_url = format!("{base}/v2/health/live");
+    println!("| `GET /v2/health/live` over loopback | p50 | p99 |");
+    println!("| --- | ---: | ---: |");
+    for (label, pause) in [
+        ("back to back", Duration::ZERO),
+        ("after 2 ms idle", Duration::from_millis(2)),
+    ] {
+        let ms: Vec<f64> = (0..2000)
+            .map(|_| {
+                std::thread::sleep(pause);
+                let start = Instant::now();
+                rt.block_on(async {
+                    let r = client.get(&health_url).send().await.expect("health");
+                    assert_eq!(r.status(), 200);
+                    r.bytes().await.expect("health body");
+                });
+                start.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        let h = stats(ms);
+        println!("| {label} | {:.3} ms | {:.3} ms |", h.p50, h.p99);
+    }
+    println!();
+    println!("| model | input | runs | tract p50 | tract p99 | HTTP binary p50 | HTTP binary p99 | server's own (binary) | transport (binary) | HTTP JSON p50 | HTTP JSON p99 | server's own (JSON) | transport (JSON) |");
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (name, file, shape, data, runs) in cases {
         let model = Model::load(name, "1", &dir.join(file), &LoadOptions::default())
@@ -107,66 +139,32 @@ fn main() {
         binary_req.parameters = serde_json::json!({"binary_data_output": true})
             .as_object()
             .cloned();
-        let (binary, header_len) = v2::binary_request(&binary_req);
-        let binary = Bytes::from(binary);
-        let json = Bytes::from(serde_json::to_vec(&req).expect("request JSON"));
+        let (binary_body, header_len) = v2::binary_request(&binary_req);
+        let binary_body = Bytes::from(binary_body);
+        let json_body = Bytes::from(serde_json::to_vec(&req).expect("request JSON"));
         let url = format!("{base}/v2/models/{name}/infer");
-        rt.block_on(check_answer(&client, &url, &json, None, &want));
+        rt.block_on(check_answer(&client, &url, &json_body, None, &want));
         rt.block_on(check_answer(
             &client,
             &url,
-            &binary,
+            &binary_body,
             Some(header_len),
             &want,
         ));
-        let server = ["request", "queue", "compute"];
-        let histograms = |rt: &tokio::runtime::Runtime| {
-            server.map(|h| histogram(rt, &client, &base, &format!("{h}_duration_seconds"), name))
-        };
-        let before = histograms(&rt);
-        // The four take turns request by request, so that a slow spell of
+        // The three take turns request by request, so that a slow spell of
         // the machine falls on all of them alike.
-        let (mut tract, mut codec, mut json_ms, mut binary_ms) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut tract = Vec::new();
+        let (mut binary, mut json) = (Split::default(), Split::default());
         for _ in 0..runs {
             tract.push(time(|| drop(model.infer(&req))));
-            // The same in-process, decoded and encoded as the server does:
-            // what the HTTP columns add beyond this is the transport and
-            // threads.
-            codec.push(time(|| {
-                let r = v2::parse_request_with(&binary, Some(header_len), &Default::default())
-                    .expect("parses");
-                let out = model.infer(&r).expect("runs");
-                drop(v2::BinaryOutputs::of(&r).response(&out));
-            }));
-            json_ms.push(rt.block_on(one(&client, &url, &json, None)));
-            binary_ms.push(rt.block_on(one(&client, &url, &binary, Some(header_len))));
+            binary.push(rt.block_on(one(&client, &url, &binary_body, Some(header_len))));
+            json.push(rt.block_on(one(&client, &url, &json_body, None)));
         }
-        let after = histograms(&rt);
-        // The server's own means per request, JSON and binary together: the
-        // whole request, the wait for a worker, the model run.
-        let server_ms: Vec<String> = (0..server.len())
-            .map(|i| {
-                let (b, a) = (before[i], after[i]);
-                format!("{:.2}", 1000.0 * (a.0 - b.0) / (a.1 - b.1))
-            })
-            .collect();
-        let server_ms = server_ms.join(" / ");
-        let (tract, codec) = (stats(tract), stats(codec));
-        let (j, b) = (stats(json_ms), stats(binary_ms));
+        let tract = stats(tract);
+        let (b, j) = (binary.stats(), json.stats());
         println!(
-            "| {name} | {datatype} {shape:?} | {runs} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms ({:+.0} %) | {:.2} ms | {:.2} ms | {:.2} ms ({:+.0} %) | {server_ms} ms |",
-            tract.p50,
-            tract.p99,
-            codec.p50,
-            j.p50,
-            j.p99,
-            j.p50 - tract.p50,
-            100.0 * (j.p50 / tract.p50 - 1.0),
-            b.p50,
-            b.p99,
-            b.p50 - tract.p50,
-            100.0 * (b.p50 / tract.p50 - 1.0),
+            "| {name} | {datatype} {shape:?} | {runs} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.3} ms | {:.3} ms | {:.2} ms | {:.2} ms | {:.3} ms | {:.3} ms |",
+            tract.p50, tract.p99, b[0].p50, b[0].p99, b[1].p50, b[2].p50, j[0].p50, j[0].p99, j[1].p50, j[2].p50,
         );
     }
 
@@ -300,16 +298,78 @@ async fn check_answer(
     assert_eq!(got.outputs, want.outputs, "{url}: the server's answer");
 }
 
-/// One request; its milliseconds, until the whole answer is in.
-async fn one(client: &reqwest::Client, url: &str, body: &Bytes, header_len: Option<usize>) -> f64 {
+/// Requests through the server: each one's whole wait, the server's own
+/// part of it and the transport's, in milliseconds.
+#[derive(Default)]
+struct Split {
+    client: Vec<f64>,
+    server: Vec<f64>,
+    transport: Vec<f64>,
+}
+
+impl Split {
+    fn push(&mut self, (client, timing): (f64, ServerTiming)) {
+        self.client.push(client);
+        self.server
+            .push(timing.total - timing.queue - timing.compute);
+        self.transport.push(client - timing.total);
+    }
+    fn stats(self) -> [Stats; 3] {
+        [
+            stats(self.client),
+            stats(self.server),
+            stats(self.transport),
+        ]
+    }
+}
+
+/// An answer's `Server-Timing`, in milliseconds.
+struct ServerTiming {
+    queue: f64,
+    compute: f64,
+    total: f64,
+}
+
+impl ServerTiming {
+    /// "queue;dur=0.004, compute;dur=1.234, total;dur=1.301"
+    fn parse(value: &str) -> ServerTiming {
+        let get = |name: &str| -> f64 {
+            value
+                .split(", ")
+                .find_map(|m| m.strip_prefix(name)?.strip_prefix(";dur="))
+                .and_then(|d| d.parse().ok())
+                .unwrap_or_else(|| panic!("Server-Timing {value:?}: no {name}"))
+        };
+        ServerTiming {
+            queue: get("queue"),
+            compute: get("compute"),
+            total: get("total"),
+        }
+    }
+}
+
+/// One request: its milliseconds until the whole answer is in, and the
+/// server's account of them.
+async fn one(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Bytes,
+    header_len: Option<usize>,
+) -> (f64, ServerTiming) {
     let start = Instant::now();
     let r = post(client, url, body, header_len)
         .send()
         .await
         .expect("request");
     assert_eq!(r.status(), 200);
+    let timing = ServerTiming::parse(
+        r.headers()
+            .get(serve::SERVER_TIMING)
+            .and_then(|v| v.to_str().ok())
+            .expect("a Server-Timing header"),
+    );
     r.bytes().await.expect("response body");
-    start.elapsed().as_secs_f64() * 1000.0
+    (start.elapsed().as_secs_f64() * 1000.0, timing)
 }
 
 /// [`BATCH_CLIENTS`] clients sending as fast as answers come, for

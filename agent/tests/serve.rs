@@ -496,6 +496,84 @@ async fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
     }
 }
 
+/// The server's counter or histogram count `metric` for the `mlp` model.
+async fn mlp_metric(r: &Running, metric: &str) -> u64 {
+    let text = r
+        .client
+        .get(format!("{}/metrics", r.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("basalt_inference_{metric}{{model=\"mlp\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_short_model_on_an_idle_server_runs_on_the_server_thread() {
+    let limits = Limits {
+        threads: 2,
+        ..Limits::default()
+    };
+    let r = start(limits, 1).await;
+    // The first run goes to a worker: nothing is known yet of its cost.
+    assert_eq!(r.infer("mlp", request(1)).await.0, 200);
+    assert_eq!(mlp_metric(&r, "inline_runs_total").await, 0);
+    // Now known to be short: a lone request runs inline, and is answered
+    // and counted like any other.
+    let (code, resp, headers) = r.infer("mlp", request(1)).await;
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(mlp_metric(&r, "inline_runs_total").await, 1);
+    // Where its time went, in milliseconds.
+    let timing = headers["server-timing"].to_str().unwrap();
+    let durations: Vec<f64> = timing
+        .split(", ")
+        .zip(["queue;dur=", "compute;dur=", "total;dur="])
+        .map(|(part, name)| {
+            part.strip_prefix(name)
+                .unwrap_or_else(|| panic!("{timing}"))
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(durations.len(), 3, "{timing}");
+    assert!(
+        durations[2] + 0.002 >= durations[0] + durations[1],
+        "{timing}"
+    );
+    assert!(durations[1] > 0.0 && durations[1] < 1000.0, "{timing}");
+    assert_eq!(mlp_metric(&r, "compute_duration_seconds_count").await, 2);
+    assert_eq!(mlp_metric(&r, "queue_duration_seconds_count").await, 2);
+    // No worker free: not inline, it waits for one.
+    let hold = r
+        .server
+        .workers
+        .clone()
+        .acquire_many_owned(2)
+        .await
+        .unwrap();
+    let waiting = tokio::spawn({
+        let (c, b) = (r.client.clone(), r.base.clone());
+        async move {
+            c.post(format!("{b}/v2/models/mlp/infer"))
+                .body(request(1))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished());
+    drop(hold);
+    assert_eq!(waiting.await.unwrap(), 200);
+    assert_eq!(mlp_metric(&r, "inline_runs_total").await, 1);
+}
+
 #[tokio::test]
 async fn every_request_leaves_a_signed_record_without_its_data() {
     let r = start(Limits::default(), 1).await;
@@ -555,6 +633,9 @@ async fn a_model_this_node_lacks_is_served_by_a_peer_that_has_it() {
     assert_eq!(code, 200, "{resp}");
     assert_eq!(resp["parameters"]["served_by"], b_id.to_string().as_str());
     assert_eq!(headers["basalt-served-by"], b_id.to_string().as_str());
+    // The serving node's timing comes back with its answer.
+    let timing = headers["server-timing"].to_str().unwrap();
+    assert!(timing.contains("compute;dur="), "{timing}");
     let x: Vec<f32> = (0..4).map(|i| i as f32 / 10.0 - 0.5).collect();
     let got: Vec<f32> = resp["outputs"][0]["data"]
         .as_array()

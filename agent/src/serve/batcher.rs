@@ -6,12 +6,136 @@
 //! waiting rows divided among the free workers, so that a burst keeps every
 //! core busy instead of filling one batch while the other cores idle.
 
+use super::metrics::{Metrics, ModelLabels};
 use super::{Job, Limits};
-use basalt_infer::Model;
+use basalt_infer::v2::{InferRequest, InferResponse};
+use basalt_infer::{InferError, Model};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
+
+/// What a model's runs have cost per input element, as a moving average:
+/// the estimate of the next run that decides whether it may run inline
+/// (see `serve::run`).
+#[derive(Debug, Default)]
+pub struct Cost {
+    /// Nanoseconds per input element (the bits of an `f64`); 0: no run yet.
+    ns_per_element: AtomicU64,
+}
+
+impl Cost {
+    /// Records a run over `elements` input elements that took `took`.
+    pub fn observe(&self, elements: usize, took: Duration) {
+        let this = took.as_nanos() as f64 / elements.max(1) as f64;
+        let before = f64::from_bits(self.ns_per_element.load(Ordering::Relaxed));
+        // The first run sets it; later ones move it by an eighth.
+        let next = if before == 0.0 {
+            this
+        } else {
+            before + (this - before) / 8.0
+        };
+        self.ns_per_element
+            .store(next.max(f64::MIN_POSITIVE).to_bits(), Ordering::Relaxed);
+    }
+
+    /// How long a run over `elements` input elements should take; `None`
+    /// before the first run.
+    pub fn estimate(&self, elements: usize) -> Option<Duration> {
+        let ns = f64::from_bits(self.ns_per_element.load(Ordering::Relaxed));
+        (ns > 0.0).then(|| Duration::from_nanos((ns * elements as f64) as u64))
+    }
+}
+
+/// Input elements of a request (its declared shapes, already checked
+/// against the server's limits when it was parsed).
+pub fn elements(request: &InferRequest) -> usize {
+    request
+        .inputs
+        .iter()
+        .map(|i| i.shape.iter().map(|&d| d as usize).product::<usize>())
+        .sum()
+}
+
+/// Where a request's time on the server went, for its `Server-Timing`
+/// header (W3C Server Timing): the wait for a worker and the model run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timing {
+    pub queue: Duration,
+    pub compute: Duration,
+}
+
+impl Timing {
+    /// The header's value, durations in milliseconds.
+    pub fn header(&self) -> String {
+        format!(
+            "queue;dur={:.3}, compute;dur={:.3}",
+            self.queue.as_secs_f64() * 1000.0,
+            self.compute.as_secs_f64() * 1000.0
+        )
+    }
+}
+
+/// A request's answer and where its time went.
+pub type Answer = (Result<InferResponse, InferError>, Timing);
+
+/// Runs `requests` (one alone, several as a batch) on this thread and
+/// records the wait since each was queued, the run's time and its cost.
+pub fn run_now(
+    model: &Model,
+    requests: &[&InferRequest],
+    queued: &[Instant],
+    metrics: &Metrics,
+    labels: &ModelLabels,
+    cost: &Cost,
+) -> Vec<Answer> {
+    // Counted out also when the model panics.
+    struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    metrics.in_flight.inc();
+    let _in_flight = InFlight(&metrics.in_flight);
+    let started = Instant::now();
+    let queue = metrics.queue_seconds.get_or_create(labels);
+    let waits: Vec<Duration> = queued
+        .iter()
+        .map(|q| started.saturating_duration_since(*q))
+        .collect();
+    for w in &waits {
+        queue.observe(w.as_secs_f64());
+    }
+    let results = match requests {
+        [one] => vec![model.infer(one)],
+        _ => model.infer_batch(requests),
+    };
+    let took = started.elapsed();
+    cost.observe(requests.iter().map(|r| elements(r)).sum(), took);
+    let computed = metrics.compute_seconds.get_or_create(labels);
+    for _ in requests {
+        computed.observe(took.as_secs_f64());
+    }
+    metrics
+        .batch_size
+        .get_or_create(labels)
+        .observe(requests.len() as f64);
+    results
+        .into_iter()
+        .zip(waits)
+        .map(|(r, queue)| {
+            (
+                r,
+                Timing {
+                    queue,
+                    compute: took,
+                },
+            )
+        })
+        .collect()
+}
 
 /// Rows a request adds to a batch: the leading dimension of its first input.
 fn rows(job: &Job) -> usize {
@@ -54,14 +178,15 @@ pub fn start(
     model: Arc<Model>,
     limits: Arc<Limits>,
     workers: Arc<Semaphore>,
-    metrics: Arc<super::metrics::Metrics>,
+    metrics: Arc<Metrics>,
+    cost: Arc<Cost>,
 ) -> mpsc::Sender<Job> {
     // Admission (threads + queue_capacity) is the limit; the channel only
     // needs room for everything admitted.
     let (tx, mut rx) = mpsc::channel::<Job>(limits.threads + limits.queue_capacity + 1);
     let batch_max = model.batch_max().max(1);
     tokio::spawn(async move {
-        let labels = super::metrics::ModelLabels {
+        let labels = ModelLabels {
             model: model.name().to_string(),
         };
         let mut waiting: VecDeque<Job> = VecDeque::new();
@@ -111,34 +236,18 @@ pub fn start(
             if jobs.is_empty() {
                 continue;
             }
-            metrics
-                .batch_size
-                .get_or_create(&labels)
-                .observe(jobs.len() as f64);
             let model = model.clone();
             let metrics = metrics.clone();
             let labels = labels.clone();
-            metrics.in_flight.inc();
+            let cost = cost.clone();
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                let started = Instant::now();
-                let queue = metrics.queue_seconds.get_or_create(&labels);
-                for j in &jobs {
-                    queue.observe(started.duration_since(j.queued).as_secs_f64());
-                }
-                let results = if jobs.len() == 1 {
-                    vec![model.infer(&jobs[0].request)]
-                } else {
-                    let requests: Vec<_> = jobs.iter().map(|j| &j.request).collect();
-                    model.infer_batch(&requests)
-                };
-                let compute = started.elapsed().as_secs_f64();
-                let computed = metrics.compute_seconds.get_or_create(&labels);
+                let requests: Vec<_> = jobs.iter().map(|j| &j.request).collect();
+                let queued: Vec<_> = jobs.iter().map(|j| j.queued).collect();
+                let results = run_now(&model, &requests, &queued, &metrics, &labels, &cost);
                 for (j, r) in jobs.into_iter().zip(results) {
-                    computed.observe(compute);
                     let _ = j.reply.send(r);
                 }
-                metrics.in_flight.dec();
             });
         }
     });
@@ -181,6 +290,21 @@ mod tests {
             },
             reply,
         }
+    }
+
+    #[test]
+    fn the_cost_estimate_follows_runs_and_grows_with_the_input() {
+        let c = Cost::default();
+        assert_eq!(c.estimate(4), None, "no run yet");
+        c.observe(4, Duration::from_micros(20));
+        assert_eq!(c.estimate(4), Some(Duration::from_micros(20)));
+        // A request 2^18 times larger is expected to take that much longer
+        // (well past INLINE_MAX, so it goes to a worker).
+        assert_eq!(c.estimate(1 << 20), Some(Duration::from_micros(20 << 18)));
+        assert!(c.estimate(1 << 20).unwrap() > crate::serve::INLINE_MAX);
+        // Later runs move it by an eighth of the difference.
+        c.observe(4, Duration::from_micros(100));
+        assert_eq!(c.estimate(4), Some(Duration::from_micros(30)));
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub batch_size: Family<ModelLabels, Histogram>,
     pub queue_seconds: Family<ModelLabels, Histogram>,
     pub compute_seconds: Family<ModelLabels, Histogram>,
+    pub inline_runs: Family<ModelLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -99,6 +100,12 @@ impl Default for Metrics {
             "Wall time of the model run (of the whole batch, for each request in it)",
             compute_seconds.clone(),
         );
+        let inline_runs = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "inline_runs",
+            "Runs done on the server's own thread (a short model on an idle server), not handed to a worker thread",
+            inline_runs.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -109,6 +116,7 @@ impl Default for Metrics {
             batch_size,
             queue_seconds,
             compute_seconds,
+            inline_runs,
         }
     }
 }

@@ -37,7 +37,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use basalt_infer::v2;
-use basalt_infer::InferError;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -110,7 +109,7 @@ pub struct Job {
     pub request: v2::InferRequest,
     /// When the request joined the model's queue.
     pub queued: Instant,
-    pub reply: oneshot::Sender<Result<v2::InferResponse, InferError>>,
+    pub reply: oneshot::Sender<batcher::Answer>,
 }
 
 /// Everything a handler needs.
@@ -610,6 +609,18 @@ async fn infer(
         metrics::UNKNOWN_MODEL
     };
     let wall = started.elapsed();
+    // The whole time this node had the request, after the queue and
+    // compute times of a model run here.
+    if served_by.is_none() {
+        let total = format!("total;dur={:.3}", wall.as_secs_f64() * 1000.0);
+        let value = match response.headers().get(SERVER_TIMING) {
+            Some(t) => format!("{}, {total}", t.to_str().unwrap_or_default()),
+            None => total,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(SERVER_TIMING, v);
+        }
+    }
     s.answered.fetch_add(1, Ordering::Relaxed);
     s.metrics.observe(label, status, wall.as_secs_f64());
     // Only callers that got past the access check are metered: the others
@@ -690,6 +701,7 @@ async fn forward(
             continue;
         }
         let answer_len = r.headers().get(v2::HEADER_LENGTH).cloned();
+        let timing = r.headers().get(SERVER_TIMING).cloned();
         let by = r
             .headers()
             .get(SERVED_BY_HEADER)
@@ -716,6 +728,9 @@ async fn forward(
         );
         if let Some(n) = answer_len {
             resp.headers_mut().insert(v2::HEADER_LENGTH, n);
+        }
+        if let Some(t) = timing {
+            resp.headers_mut().insert(SERVER_TIMING, t);
         }
         if let Ok(v) = HeaderValue::from_str(&by.to_string()) {
             resp.headers_mut().insert(SERVED_BY_HEADER, v);
@@ -780,54 +795,59 @@ async fn run(
         return (r, version);
     }
     let _admitted = Admitted(s.pending.clone());
-    let (tx, rx) = oneshot::channel();
     let labels = metrics::ModelLabels {
         model: name.to_string(),
     };
-    s.metrics.queue_depth.get_or_create(&labels).inc();
-    if served
-        .queue
-        .try_send(Job {
-            request,
-            queued: Instant::now(),
-            reply: tx,
-        })
-        .is_err()
-    {
-        s.metrics.queue_depth.get_or_create(&labels).dec();
-        let mut r = error(
-            429,
-            format!("the queue of model {name} is full; retry shortly"),
-        );
-        r.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            HeaderValue::from_static("1"),
-        );
-        return (r, version);
-    }
-    match tokio::time::timeout(s.limits.timeout, rx).await {
-        Err(_) => (
-            error(
-                504,
-                format!(
-                    "model {name} did not answer within {} ms",
-                    s.limits.timeout.as_millis()
-                ),
-            ),
-            version,
-        ),
-        Ok(Err(_)) => (
-            error(500, format!("model {name}: the worker stopped")),
-            version,
-        ),
-        Ok(Ok(Err(e))) => (error(e.status(), e.to_string()), version),
-        Ok(Ok(Ok(mut resp))) => {
+    // A short run on an idle server is done here, on the runtime's thread:
+    // handing it to a worker thread and the answer back would cost two
+    // wake-ups of another core (70 µs or more in a VM), which is a tenth of
+    // a 1 ms model. Only when this is the one request admitted, a worker is
+    // free (and taken meanwhile) and the model's runs of this size take
+    // under INLINE_MAX, so that a request arriving meanwhile waits at most
+    // that long to be read.
+    let inline = if s.pending.load(Ordering::Acquire) == 1 {
+        served
+            .cost
+            .estimate(batcher::elements(&request))
+            .filter(|&e| e <= INLINE_MAX.min(s.limits.timeout / 2))
+            .and_then(|_| s.workers.clone().try_acquire_owned().ok())
+    } else {
+        None
+    };
+    let answer = if let Some(_worker) = inline {
+        s.metrics.inline_runs.get_or_create(&labels).inc();
+        let queued = Instant::now();
+        // A panic in the model is the request's 500, as on a worker thread,
+        // not the server's end.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            batcher::run_now(
+                &served.model,
+                &[&request],
+                &[queued],
+                &s.metrics,
+                &labels,
+                &served.cost,
+            )
+        }))
+        .ok()
+        .and_then(|mut answers| answers.pop())
+        .ok_or_else(|| error(500, format!("model {name}: the run failed")))
+    } else {
+        queue(s, name, &served, request, &labels).await
+    };
+    let (answer, timing) = match answer {
+        Err(r) => return (r, version),
+        Ok(a) => a,
+    };
+    let mut response = match answer {
+        Err(e) => error(e.status(), e.to_string()),
+        Ok(mut resp) => {
             if let Some(n) = s.node {
                 resp.parameters
                     .get_or_insert_with(Default::default)
                     .insert("served_by".into(), json!(n.to_string()));
             }
-            let response = match binary.response(&resp) {
+            match binary.response(&resp) {
                 None => axum::Json(resp).into_response(),
                 Some((body, len)) => (
                     [
@@ -843,8 +863,65 @@ async fn run(
                     body,
                 )
                     .into_response(),
-            };
-            (response, version)
+            }
         }
+    };
+    if let Ok(v) = HeaderValue::from_str(&timing.header()) {
+        response.headers_mut().insert(SERVER_TIMING, v);
+    }
+    (response, version)
+}
+
+/// The header with where a request's time went on the node that ran it
+/// (W3C Server Timing, milliseconds): `queue` waiting for a worker,
+/// `compute` the model run, `total` the whole request from its headers to
+/// the answer (reading, parsing, checks and encoding included).
+pub const SERVER_TIMING: &str = "server-timing";
+
+/// Longest expected run that is done on the runtime's thread when the
+/// server is idle (see [`run`]).
+pub const INLINE_MAX: Duration = Duration::from_millis(5);
+
+/// Queues `request` for the model's batcher and waits for its answer
+/// within the time limit; an error response when it is refused or late.
+async fn queue(
+    s: &Server,
+    name: &str,
+    served: &models::Served,
+    request: v2::InferRequest,
+    labels: &metrics::ModelLabels,
+) -> Result<batcher::Answer, Response> {
+    let (tx, rx) = oneshot::channel();
+    s.metrics.queue_depth.get_or_create(labels).inc();
+    if served
+        .queue
+        .try_send(Job {
+            request,
+            queued: Instant::now(),
+            reply: tx,
+        })
+        .is_err()
+    {
+        s.metrics.queue_depth.get_or_create(labels).dec();
+        let mut r = error(
+            429,
+            format!("the queue of model {name} is full; retry shortly"),
+        );
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static("1"),
+        );
+        return Err(r);
+    }
+    match tokio::time::timeout(s.limits.timeout, rx).await {
+        Err(_) => Err(error(
+            504,
+            format!(
+                "model {name} did not answer within {} ms",
+                s.limits.timeout.as_millis()
+            ),
+        )),
+        Ok(Err(_)) => Err(error(500, format!("model {name}: the worker stopped"))),
+        Ok(Ok(answer)) => Ok(answer),
     }
 }

@@ -58,6 +58,8 @@ impl Status {
 pub struct Served {
     pub model: Arc<Model>,
     pub queue: mpsc::Sender<Job>,
+    /// What its runs have cost so far.
+    pub cost: Arc<super::batcher::Cost>,
 }
 
 #[derive(Debug, Default)]
@@ -275,10 +277,12 @@ impl Registry {
                     manifest.version
                 );
                 let model = Arc::new(model);
-                let queue = super::batcher::start(model.clone(), limits, workers, metrics);
+                let cost = Arc::new(super::batcher::Cost::default());
+                let queue =
+                    super::batcher::start(model.clone(), limits, workers, metrics, cost.clone());
                 self.set(
                     status(State::Ready { load_ms }),
-                    Some(Served { model, queue }),
+                    Some(Served { model, queue, cost }),
                 );
             }
             Err(error) => {
