@@ -100,13 +100,17 @@ pub fn run_now(
     metrics.in_flight.inc();
     let _in_flight = InFlight(&metrics.in_flight);
     let started = Instant::now();
-    let queue = metrics.queue_seconds.get_or_create(labels);
     let waits: Vec<Duration> = queued
         .iter()
         .map(|q| started.saturating_duration_since(*q))
         .collect();
-    for w in &waits {
-        queue.observe(w.as_secs_f64());
+    {
+        // Not held over the run: the family's lock is shared with every
+        // other model's first request.
+        let queue = metrics.queue_seconds.get_or_create(labels);
+        for w in &waits {
+            queue.observe(w.as_secs_f64());
+        }
     }
     let results = match requests {
         [one] => vec![model.infer(one)],
