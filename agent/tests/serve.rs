@@ -189,6 +189,18 @@ async fn start_node(
 }
 
 impl Running {
+    /// The server's `/metrics` text.
+    async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let r = self
             .client
@@ -348,15 +360,7 @@ async fn bad_requests_get_clear_4xx_and_the_server_stays_up() {
     assert_eq!(r.get("/no/such/path").await.0, 404);
     // Still serving.
     assert_eq!(r.infer("mlp", request(1)).await.0, 200);
-    let text = r
-        .client
-        .get(format!("{}/metrics", r.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = r.metrics().await;
     assert!(
         text.contains("basalt_inference_requests_total{model=\"mlp\",code=\"400\"} 5"),
         "{text}"
@@ -469,15 +473,7 @@ async fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
             assert!((g - w).abs() < 1e-5, "{got:?} != {want:?}");
         }
     }
-    let text = r
-        .client
-        .get(format!("{}/metrics", r.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = r.metrics().await;
     let count_line = text
         .lines()
         .find(|l| l.starts_with("basalt_inference_batch_size_count{model=\"mlp\"}"))
@@ -498,15 +494,7 @@ async fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
 
 /// The server's counter or histogram count `metric` for the `mlp` model.
 async fn mlp_metric(r: &Running, metric: &str) -> u64 {
-    let text = r
-        .client
-        .get(format!("{}/metrics", r.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = r.metrics().await;
     let prefix = format!("basalt_inference_{metric}{{model=\"mlp\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))

@@ -67,13 +67,19 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// The header's value, durations in milliseconds.
-    pub fn header(&self) -> String {
-        format!(
-            "queue;dur={:.3}, compute;dur={:.3}",
-            self.queue.as_secs_f64() * 1000.0,
-            self.compute.as_secs_f64() * 1000.0
-        )
+    /// The header's value, in milliseconds: the queue and compute times of
+    /// a model run (when there was one) and the whole request's `total`.
+    pub fn header(run: Option<Timing>, total: Duration) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let total = format!("total;dur={:.3}", ms(total));
+        match run {
+            Some(t) => format!(
+                "queue;dur={:.3}, compute;dur={:.3}, {total}",
+                ms(t.queue),
+                ms(t.compute)
+            ),
+            None => total,
+        }
     }
 }
 

@@ -612,12 +612,8 @@ async fn infer(
     // The whole time this node had the request, after the queue and
     // compute times of a model run here.
     if served_by.is_none() {
-        let total = format!("total;dur={:.3}", wall.as_secs_f64() * 1000.0);
-        let value = match response.headers().get(SERVER_TIMING) {
-            Some(t) => format!("{}, {total}", t.to_str().unwrap_or_default()),
-            None => total,
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        let timing = response.extensions_mut().remove::<batcher::Timing>();
+        if let Ok(v) = HeaderValue::from_str(&batcher::Timing::header(timing, wall)) {
             response.headers_mut().insert(SERVER_TIMING, v);
         }
     }
@@ -784,15 +780,10 @@ async fn run(
     let cap = s.limits.threads + s.limits.queue_capacity;
     if s.pending.fetch_add(1, Ordering::AcqRel) >= cap {
         s.pending.fetch_sub(1, Ordering::AcqRel);
-        let mut r = error(
-            429,
-            format!("the queue is full ({cap} requests); retry shortly"),
+        return (
+            busy(format!("the queue is full ({cap} requests); retry shortly")),
+            version,
         );
-        r.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            HeaderValue::from_static("1"),
-        );
-        return (r, version);
     }
     let _admitted = Admitted(s.pending.clone());
     let labels = metrics::ModelLabels {
@@ -866,9 +857,8 @@ async fn run(
             }
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&timing.header()) {
-        response.headers_mut().insert(SERVER_TIMING, v);
-    }
+    // For the handler, which adds the whole request's time and writes the header.
+    response.extensions_mut().insert(timing);
     (response, version)
 }
 
@@ -877,6 +867,16 @@ async fn run(
 /// `compute` the model run, `total` the whole request from its headers to
 /// the answer (reading, parsing, checks and encoding included).
 pub const SERVER_TIMING: &str = "server-timing";
+
+/// 429 with `message`, asking to retry in a second.
+fn busy(message: String) -> Response {
+    let mut r = error(429, message);
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from_static("1"),
+    );
+    r
+}
 
 /// Longest expected run that is done on the runtime's thread when the
 /// server is idle (see [`run`]).
@@ -903,15 +903,9 @@ async fn queue(
         .is_err()
     {
         s.metrics.queue_depth.get_or_create(labels).dec();
-        let mut r = error(
-            429,
-            format!("the queue of model {name} is full; retry shortly"),
-        );
-        r.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            HeaderValue::from_static("1"),
-        );
-        return Err(r);
+        return Err(busy(format!(
+            "the queue of model {name} is full; retry shortly"
+        )));
     }
     match tokio::time::timeout(s.limits.timeout, rx).await {
         Err(_) => Err(error(
